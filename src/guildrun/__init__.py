@@ -1,0 +1,57 @@
+"""guildrun: run many AI-agent tasks in parallel, safely, and measure how much faster it was.
+
+The public API is what this module exports; everything in an underscored module is
+private and may change.
+
+    import guildrun
+    plan = guildrun.load_plan("plan.yaml")
+    summary = guildrun.run(plan)              # or: await guildrun.run_async(plan)
+    print(summary.speedup, summary.utilization)
+"""
+
+from ._engine import Reporter as Reporter
+from ._engine import run as run
+from ._engine import run_async as run_async
+from ._errors import GuildrunError as GuildrunError
+from ._errors import InputError as InputError
+from ._errors import Interrupted as Interrupted
+from ._errors import PlanError as PlanError
+from ._errors import UsageError as UsageError
+from ._journal import Event as Event
+from ._metrics import Summary as Summary
+from ._plan import Plan as Plan
+from ._plan import Specialist as Specialist
+from ._plan import Task as Task
+from ._plan import load_plan as load_plan
+from ._plan import plan_schema as plan_schema
+from ._runners import TaskContext as TaskContext
+from ._schedule import Distribution as Distribution
+from ._schedule import RoundRobin as RoundRobin
+from ._schedule import WorkStealing as WorkStealing
+from ._settings import Settings as Settings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Distribution",
+    "Event",
+    "GuildrunError",
+    "InputError",
+    "Interrupted",
+    "Plan",
+    "PlanError",
+    "Reporter",
+    "RoundRobin",
+    "Settings",
+    "Specialist",
+    "Summary",
+    "Task",
+    "TaskContext",
+    "UsageError",
+    "WorkStealing",
+    "__version__",
+    "load_plan",
+    "plan_schema",
+    "run",
+    "run_async",
+]

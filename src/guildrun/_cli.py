@@ -1,0 +1,258 @@
+"""The `guildrun` command: a thin layer over the Python API.
+
+Every error the user can cause ends here as one line on stderr and exit code 2;
+a traceback means a bug in guildrun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ._engine import Prepared, Reporter, prepare, run_prepared
+from ._errors import GuildrunError, UsageError
+from ._journal import Journal, journal_path
+from ._metrics import summarize
+from ._paths import find_root
+from ._plan import PHASES, plan_schema
+from ._schedule import Scheduler, distribution
+from ._settings import STRATEGIES
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        self.print_usage(sys.stderr)
+        raise UsageError(message)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="guildrun", description="Run many agent tasks in parallel, safely.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def plan_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("plan", help="plan file (YAML or JSON)")
+        sp.add_argument("--root", help="project root (default: git top level, else cwd)")
+        sp.add_argument("--per-agent-type", type=_positive, metavar="N")
+        sp.add_argument("--total-parallel", type=_positive, metavar="N")
+        sp.add_argument("--strategy", choices=STRATEGIES)
+
+    r = sub.add_parser("run", help="run a plan")
+    plan_args(r)
+    r.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress, only the summary")
+
+    pl = sub.add_parser("plan", help="dry run: phases, instances and the initial assignment")
+    plan_args(pl)
+    pl.add_argument("--json", action="store_true")
+
+    v = sub.add_parser("validate", help="check a plan and exit")
+    plan_args(v)
+
+    rs = sub.add_parser("runs", help="list past runs")
+    rs.add_argument("--root")
+    rs.add_argument("--json", action="store_true")
+
+    st = sub.add_parser("status", help="what a run did (default: the latest)")
+    st.add_argument("run", nargs="?")
+    st.add_argument("--root")
+    st.add_argument("--json", action="store_true")
+
+    sub.add_parser("schema", help="print the JSON Schema of plan files")
+
+    d = sub.add_parser("demo", help="run the demo on a sample repository")
+    d.add_argument("--dir", help="where to build the sample repository (default: a temp folder)")
+    d.add_argument(
+        "--think",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how long each stand-in agent sleeps in place of a language model (default 1.0)",
+    )
+    return p
+
+
+def _prepare(args: argparse.Namespace) -> Prepared:
+    return prepare(
+        args.plan,
+        root=args.root,
+        overrides={
+            "per_agent_type": args.per_agent_type,
+            "total_parallel": args.total_parallel,
+            "strategy": args.strategy,
+        },
+    )
+
+
+def _cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from ._display import LiveReporter, PlainReporter, print_summary
+
+    prepared = _prepare(args)
+    show = err if args.json else out
+    reporter: Reporter
+    if args.quiet:
+        reporter = Reporter()
+    elif show.is_terminal:
+        reporter = LiveReporter(show)
+    else:
+        reporter = PlainReporter(show.file)
+    summary = asyncio.run(run_prepared(prepared, reporter=reporter))
+    if args.json:
+        print(json.dumps(summary.to_json()))
+    else:
+        print_summary(summary, out)
+    return summary.exit_code
+
+
+def _cmd_plan(args: argparse.Namespace, out: Console) -> int:
+    prepared = _prepare(args)
+    plan = prepared.plan
+    sched = Scheduler(
+        plan,
+        limits=prepared.limits,
+        total=prepared.settings.total_parallel,
+        strategy=distribution(prepared.settings.strategy),
+    )
+    phases = sched.deal_by_phase()
+    if args.json:
+        data = {
+            "root": str(prepared.root),
+            "settings": prepared.settings.model_dump(),
+            "limits": prepared.limits,
+            "phases": [{"phase": name, "instances": deal} for name, deal in phases],
+            "instances": sched.plan_instances(),
+        }
+        print(json.dumps(data, indent=2))
+        return 0
+    s = prepared.settings
+    out.print(
+        f"{len(plan.tasks)} tasks, {len(plan.specialists)} specialists; "
+        f"per_agent_type {s.per_agent_type}, total_parallel {s.total_parallel}, "
+        f"strategy {s.strategy}",
+        highlight=False,
+    )
+    for name, deal in phases:
+        out.print(f"[bold]phase {name}[/]")
+        for spec, piles in deal.items():
+            for k, pile in enumerate(piles, 1):
+                out.print(f"  {spec}#{k}: {', '.join(pile)}", highlight=False)
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace, out: Console) -> int:
+    prepared = _prepare(args)
+    phases = ", ".join(p for p in PHASES if p in prepared.plan.phases())
+    out.print(
+        f"{args.plan}: valid; {len(prepared.plan.tasks)} tasks in {phases or 'no phase'}",
+        highlight=False,
+    )
+    return 0
+
+
+def _open_journal(root: str | None) -> Journal:
+    return Journal(journal_path(find_root(root)), readonly=True)
+
+
+def _cmd_runs(args: argparse.Namespace, out: Console) -> int:
+    journal = _open_journal(args.root)
+    try:
+        rows = [summarize(journal, r["id"]) for r in journal.runs()]
+    finally:
+        journal.close()
+    if args.json:
+        print(json.dumps([s.to_json() for s in rows]))
+        return 0
+    for s in rows:
+        out.print(
+            f"{s.run_id}  {s.status:<11} done {s.done} failed {s.failed} skipped {s.skipped}  "
+            f"wall {s.wall_s:.2f}s  speedup {s.speedup:.2f}x",
+            highlight=False,
+        )
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace, out: Console) -> int:
+    from ._display import print_summary
+
+    journal = _open_journal(args.root)
+    try:
+        run_id = journal.run(args.run)["id"]
+        summary = summarize(journal, run_id)
+        attempts = journal.attempts(run_id)
+    finally:
+        journal.close()
+    if args.json:
+        data = summary.to_json(details=True)
+        by_task: dict[str, list[dict[str, Any]]] = {}
+        for a in attempts:
+            by_task.setdefault(a["task_id"], []).append(
+                {
+                    "attempt": a["attempt"],
+                    "instance": a["instance"],
+                    "start": a["started"],
+                    "end": a["ended"],
+                    "status": a["status"],
+                    "exit_code": a["exit_code"],
+                    "error": a["error"],
+                }
+            )
+        for t in data["tasks"]:
+            t["attempt_list"] = by_task.get(t["id"], [])
+        print(json.dumps(data))
+        return 0
+    print_summary(summary, out)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, out: Console) -> int:
+    from ._demo import run_demo
+
+    if args.think < 0:
+        raise UsageError("--think: must not be negative")
+    return run_demo(Path(args.dir) if args.dir else None, args.think, out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    out = Console(highlight=False)
+    err = Console(stderr=True, highlight=False)
+    try:
+        args = _parser().parse_args(argv)
+        cmd = args.command
+        if cmd == "run":
+            return _cmd_run(args, out, err)
+        if cmd == "plan":
+            return _cmd_plan(args, out)
+        if cmd == "validate":
+            return _cmd_validate(args, out)
+        if cmd == "runs":
+            return _cmd_runs(args, out)
+        if cmd == "status":
+            return _cmd_status(args, out)
+        if cmd == "schema":
+            print(json.dumps(plan_schema(), indent=2))
+            return 0
+        if cmd == "demo":
+            return _cmd_demo(args, out)
+        raise UsageError(f"unknown command {cmd!r}")
+    except GuildrunError as exc:
+        sys.stderr.write(f"guildrun: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("guildrun: interrupted\n")
+        return 130

@@ -1,0 +1,345 @@
+"""The run journal: SQLite in WAL mode under .guildrun/.
+
+Everything a later reader needs (status, reports, resume after a crash) is here,
+and a state change is committed before anyone is told about it. The engine writes
+through one connection; readers (`guildrun status`, `runs`) open their own.
+
+WAL with synchronous=NORMAL keeps a commit cheap (no fsync per commit) while staying
+consistent after a crash of the process: the database never holds half a
+transaction, and at worst the last commits before a power loss are lost, which a
+resume treats as work not yet done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._errors import UsageError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    ended REAL,
+    status TEXT NOT NULL,            -- running, done, failed, interrupted
+    root TEXT NOT NULL,
+    plan_source TEXT,
+    plan_json TEXT NOT NULL,         -- the plan as given, for resume and reports
+    settings_json TEXT NOT NULL,     -- the resolved settings
+    limits_json TEXT NOT NULL,       -- instances allowed per specialist
+    pid INTEGER,
+    host TEXT
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    id TEXT NOT NULL,
+    seq INTEGER NOT NULL,            -- plan order
+    specialist TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    scope TEXT,
+    files_json TEXT NOT NULL,
+    state TEXT NOT NULL,             -- waiting, running, done, failed, skipped
+    instance TEXT,
+    stolen_from TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    started REAL,
+    ended REAL,
+    result TEXT,
+    cause TEXT,                      -- why it failed, or which failure skipped it
+    PRIMARY KEY (run_id, id)
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    run_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    instance TEXT NOT NULL,
+    started REAL NOT NULL,
+    ended REAL,
+    status TEXT NOT NULL,            -- running, ok, failed, timeout, error, cancelled
+    exit_code INTEGER,
+    error TEXT,
+    pgid INTEGER,
+    stdout_path TEXT,
+    stderr_path TEXT,
+    PRIMARY KEY (run_id, task_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS instances (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    specialist TEXT NOT NULL,
+    spawned REAL NOT NULL,
+    retired REAL
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    time REAL NOT NULL,
+    kind TEXT NOT NULL,
+    task TEXT,
+    instance TEXT,
+    data TEXT
+);
+CREATE INDEX IF NOT EXISTS events_by_run ON events(run_id, seq);
+CREATE INDEX IF NOT EXISTS instances_by_run ON instances(run_id, name);
+"""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing that happened, as journaled and then reported."""
+
+    kind: str
+    time: float
+    task: str | None = None
+    instance: str | None = None
+    data: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"event": self.kind, "time": self.time}
+        if self.task is not None:
+            out["task"] = self.task
+        if self.instance is not None:
+            out["instance"] = self.instance
+        if self.data:
+            out.update(self.data)
+        return out
+
+
+def journal_path(root: Path) -> Path:
+    return root / ".guildrun" / "journal.db"
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+class Journal:
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        if readonly:
+            if not path.exists():
+                raise UsageError(f"no runs yet: {path} does not exist")
+            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(path, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA busy_timeout=10000")
+            if self.db.execute("PRAGMA user_version").fetchone()[0] == 0:
+                self.db.executescript(_SCHEMA)
+                self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self.db.row_factory = sqlite3.Row
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            raise UsageError(f"{path}: journal schema {version} is not {SCHEMA_VERSION}")
+        self._pending: list[Event] = []
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[list[Event]]:
+        """Group writes into one commit; yields the events journaled inside it."""
+        self.db.execute("BEGIN IMMEDIATE")
+        events: list[Event] = []
+        self._pending = events
+        try:
+            yield events
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        else:
+            self.db.execute("COMMIT")
+        finally:
+            self._pending = []
+
+    # ---------------------------------------------------------------- writes
+
+    def event(self, run_id: str, ev: Event) -> None:
+        self.db.execute(
+            "INSERT INTO events(run_id, time, kind, task, instance, data) VALUES (?,?,?,?,?,?)",
+            (
+                run_id,
+                ev.time,
+                ev.kind,
+                ev.task,
+                ev.instance,
+                json.dumps(ev.data) if ev.data else None,
+            ),
+        )
+        self._pending.append(ev)
+
+    def create_run(
+        self,
+        run_id: str,
+        *,
+        root: Path,
+        plan_source: str | None,
+        plan_json: str,
+        settings_json: str,
+        limits: dict[str, int],
+        tasks: Sequence[tuple[str, int, str, str, str | None, list[str]]],
+        now: float,
+    ) -> None:
+        self.db.execute(
+            "INSERT INTO runs(id, created, status, root, plan_source, plan_json, settings_json,"
+            " limits_json, pid, host) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                run_id,
+                now,
+                "running",
+                str(root),
+                plan_source,
+                plan_json,
+                settings_json,
+                json.dumps(limits),
+                os.getpid(),
+                socket.gethostname(),
+            ),
+        )
+        self.db.executemany(
+            "INSERT INTO tasks(run_id, id, seq, specialist, phase, scope, files_json, state)"
+            " VALUES (?,?,?,?,?,?,?,'waiting')",
+            [
+                (run_id, tid, seq, sp, ph, sc, json.dumps(files))
+                for tid, seq, sp, ph, sc, files in tasks
+            ],
+        )
+
+    def task_started(
+        self,
+        run_id: str,
+        task: str,
+        attempt: int,
+        instance: str,
+        stolen_from: str | None,
+        now: float,
+        stdout_path: str,
+        stderr_path: str,
+    ) -> None:
+        self.db.execute(
+            "UPDATE tasks SET state='running', instance=?, stolen_from=?, attempts=?,"
+            " started=COALESCE(started, ?) WHERE run_id=? AND id=?",
+            (instance, stolen_from, attempt, now, run_id, task),
+        )
+        self.db.execute(
+            "INSERT INTO attempts(run_id, task_id, attempt, instance, started, status,"
+            " stdout_path, stderr_path) VALUES (?,?,?,?,?,'running',?,?)",
+            (run_id, task, attempt, instance, now, stdout_path, stderr_path),
+        )
+
+    def attempt_pgid(self, run_id: str, task: str, attempt: int, pgid: int) -> None:
+        self.db.execute(
+            "UPDATE attempts SET pgid=? WHERE run_id=? AND task_id=? AND attempt=?",
+            (pgid, run_id, task, attempt),
+        )
+
+    def attempt_ended(
+        self,
+        run_id: str,
+        task: str,
+        attempt: int,
+        *,
+        status: str,
+        started: float,
+        ended: float,
+        exit_code: int | None,
+        error: str | None,
+    ) -> None:
+        self.db.execute(
+            "UPDATE attempts SET status=?, started=?, ended=?, exit_code=?, error=?"
+            " WHERE run_id=? AND task_id=? AND attempt=?",
+            (status, started, ended, exit_code, error, run_id, task, attempt),
+        )
+
+    def task_ended(
+        self,
+        run_id: str,
+        task: str,
+        state: str,
+        now: float,
+        *,
+        result: str | None = None,
+        cause: str | None = None,
+    ) -> None:
+        self.db.execute(
+            "UPDATE tasks SET state=?, ended=?, result=?, cause=? WHERE run_id=? AND id=?",
+            (state, now, result, cause, run_id, task),
+        )
+
+    def instance_spawned(self, run_id: str, name: str, specialist: str, now: float) -> None:
+        self.db.execute(
+            "INSERT INTO instances(run_id, name, specialist, spawned) VALUES (?,?,?,?)",
+            (run_id, name, specialist, now),
+        )
+
+    def instance_retired(self, run_id: str, name: str, now: float) -> None:
+        self.db.execute(
+            "UPDATE instances SET retired=? WHERE seq = (SELECT MAX(seq) FROM instances"
+            " WHERE run_id=? AND name=? AND retired IS NULL)",
+            (now, run_id, name),
+        )
+
+    def end_run(self, run_id: str, status: str, now: float) -> None:
+        self.db.execute(
+            "UPDATE instances SET retired=? WHERE run_id=? AND retired IS NULL", (now, run_id)
+        )
+        self.db.execute("UPDATE runs SET status=?, ended=? WHERE id=?", (status, now, run_id))
+
+    # ---------------------------------------------------------------- reads
+
+    def runs(self, limit: int = 50) -> list[sqlite3.Row]:
+        return list(
+            self.db.execute("SELECT * FROM runs ORDER BY created DESC, id DESC LIMIT ?", (limit,))
+        )
+
+    def run(self, run_id: str | None = None) -> sqlite3.Row:
+        if run_id is None:
+            row = self.db.execute(
+                "SELECT * FROM runs ORDER BY created DESC, id DESC LIMIT 1"
+            ).fetchone()
+            if row is None:
+                raise UsageError(f"no runs yet in {self.path}")
+            return row  # type: ignore[no-any-return]
+        row = self.db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            rows = self.db.execute(
+                "SELECT * FROM runs WHERE id LIKE ? ORDER BY created DESC", (run_id + "%",)
+            ).fetchall()
+            if len(rows) == 1:
+                return rows[0]  # type: ignore[no-any-return]
+            raise UsageError(f"no run {run_id!r} in {self.path} (see 'guildrun runs')")
+        return row  # type: ignore[no-any-return]
+
+    def tasks(self, run_id: str) -> list[sqlite3.Row]:
+        return list(self.db.execute("SELECT * FROM tasks WHERE run_id=? ORDER BY seq", (run_id,)))
+
+    def attempts(self, run_id: str) -> list[sqlite3.Row]:
+        return list(
+            self.db.execute(
+                "SELECT * FROM attempts WHERE run_id=? ORDER BY started, task_id, attempt",
+                (run_id,),
+            )
+        )
+
+    def instances(self, run_id: str) -> list[sqlite3.Row]:
+        return list(
+            self.db.execute("SELECT * FROM instances WHERE run_id=? ORDER BY seq", (run_id,))
+        )
+
+    def events(self, run_id: str) -> list[sqlite3.Row]:
+        return list(self.db.execute("SELECT * FROM events WHERE run_id=? ORDER BY seq", (run_id,)))

@@ -1,0 +1,200 @@
+"""The numbers a run is judged by, computed from the journal alone.
+
+Definitions (docs/metrics.md has the long form):
+- wall_s: run start to run end.
+- task_s: the summed duration of every attempt, what one agent would have spent in turn.
+- speedup: task_s / wall_s.
+- utilization: summed busy time of all instances over their summed alive time
+  (an instance is alive from spawn to retirement; busy while it runs an attempt).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._journal import Journal
+
+TAIL_LINES = 10
+
+
+@dataclass
+class TaskLine:
+    id: str
+    state: str
+    specialist: str
+    phase: str
+    instance: str | None
+    stolen_from: str | None
+    attempts: int
+    duration_s: float | None
+    cause: str | None
+    log: str | None = None
+    tail: list[str] = field(default_factory=list)
+
+
+@dataclass
+class InstanceLine:
+    name: str
+    specialist: str
+    busy_s: float
+    alive_s: float
+    tasks: int
+
+    @property
+    def utilization(self) -> float:
+        return self.busy_s / self.alive_s if self.alive_s > 0 else 0.0
+
+
+@dataclass
+class Summary:
+    """What a run did, as `guildrun run` prints it and the API returns it."""
+
+    run_id: str
+    status: str
+    done: int
+    failed: int
+    skipped: int
+    pending: int
+    wall_s: float
+    task_s: float
+    speedup: float
+    utilization: float
+    steals: int
+    root: str
+    tasks: list[TaskLine]
+    instances: list[InstanceLine]
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.skipped == 0 and self.pending == 0
+
+    @property
+    def exit_code(self) -> int:
+        if self.status == "interrupted":
+            return 130
+        return 0 if self.ok else 1
+
+    def to_json(self, *, details: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "run_id": self.run_id,
+            "status": self.status,
+            "done": self.done,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "pending": self.pending,
+            "wall_s": round(self.wall_s, 6),
+            "task_s": round(self.task_s, 6),
+            "speedup": round(self.speedup, 4),
+            "utilization": round(self.utilization, 4),
+            "steals": self.steals,
+            "failures": [
+                {"task": t.id, "cause": t.cause, "log": t.log, "tail": t.tail}
+                for t in self.tasks
+                if t.state == "failed"
+            ],
+            "skips": [{"task": t.id, "cause": t.cause} for t in self.tasks if t.state == "skipped"],
+        }
+        if details:
+            out["tasks"] = [asdict(t) for t in self.tasks]
+            out["instances"] = [
+                {**asdict(i), "utilization": round(i.utilization, 4)} for i in self.instances
+            ]
+        return out
+
+
+def _tail(path: str | None, n: int = TAIL_LINES) -> list[str]:
+    if not path:
+        return []
+    try:
+        with Path(path).open("rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - 8192))
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    return text.splitlines()[-n:]
+
+
+def summarize(journal: Journal, run_id: str) -> Summary:
+    run = journal.run(run_id)
+    now_end = run["ended"]
+    attempts = journal.attempts(run_id)
+    last_end = max((a["ended"] or a["started"] for a in attempts), default=run["created"])
+    end = now_end if now_end is not None else last_end
+    wall = max(0.0, end - run["created"])
+    busy: dict[str, float] = defaultdict(float)
+    count: Counter[str] = Counter()
+    task_s = 0.0
+    last_attempt: dict[str, sqlite3.Row] = {}
+    for a in attempts:
+        if a["ended"] is None:
+            continue
+        d = a["ended"] - a["started"]
+        task_s += d
+        busy[a["instance"]] += d
+        count[a["instance"]] += 1
+        last_attempt[a["task_id"]] = a
+    alive: dict[str, float] = defaultdict(float)
+    spec_of: dict[str, str] = {}
+    for inst in journal.instances(run_id):
+        retired = inst["retired"] if inst["retired"] is not None else end
+        alive[inst["name"]] += max(0.0, retired - inst["spawned"])
+        spec_of[inst["name"]] = inst["specialist"]
+    instances = [
+        InstanceLine(name, spec_of[name], busy.get(name, 0.0), alive[name], count.get(name, 0))
+        for name in sorted(alive, key=_instance_key)
+    ]
+    total_alive = sum(i.alive_s for i in instances)
+    total_busy = sum(i.busy_s for i in instances)
+    states: Counter[str] = Counter()
+    lines: list[TaskLine] = []
+    for t in journal.tasks(run_id):
+        states[t["state"]] += 1
+        last = last_attempt.get(t["id"])
+        duration = (t["ended"] - t["started"]) if t["ended"] and t["started"] else None
+        line = TaskLine(
+            id=t["id"],
+            state=t["state"],
+            specialist=t["specialist"],
+            phase=t["phase"],
+            instance=t["instance"],
+            stolen_from=t["stolen_from"],
+            attempts=t["attempts"],
+            duration_s=duration,
+            cause=t["cause"],
+        )
+        if t["state"] == "failed" and last is not None:
+            log = last["stderr_path"]
+            tail = _tail(log)
+            if not tail:
+                log = last["stdout_path"]
+                tail = _tail(log)
+            line.log, line.tail = log, tail
+        lines.append(line)
+    pending = sum(n for s, n in states.items() if s not in ("done", "failed", "skipped"))
+    return Summary(
+        run_id=run_id,
+        status=run["status"],
+        done=states["done"],
+        failed=states["failed"],
+        skipped=states["skipped"],
+        pending=pending,
+        wall_s=wall,
+        task_s=task_s,
+        speedup=task_s / wall if wall > 0 else 0.0,
+        utilization=total_busy / total_alive if total_alive > 0 else 0.0,
+        steals=sum(1 for t in lines if t.stolen_from),
+        root=run["root"],
+        tasks=lines,
+        instances=instances,
+    )
+
+
+def _instance_key(name: str) -> tuple[str, int]:
+    spec, _, num = name.rpartition("#")
+    return (spec, int(num) if num.isdigit() else 0)

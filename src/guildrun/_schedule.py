@@ -1,0 +1,608 @@
+"""The scheduler: pure logic, no I/O, no real time.
+
+Picture a guild hall. Each specialist has a row of desks (instances); each desk has
+a pile of task cards dealt round-robin, in plan order, when a phase opens. A desk
+works one card at a time, always the first card of its own pile whose prerequisites
+are met; a desk whose pile has nothing ready takes the *last* ready card of the
+busiest sibling desk (work stealing: the thief takes what the owner would reach
+last). Two limits bound the hall: desks per specialist and desks in all.
+
+The engine feeds it facts (`finish`) and asks for decisions (`dispatch`); both
+return plain records that the engine journals before it acts on them. Tests drive
+it with a fake clock and finish tasks in any order they like.
+
+Rules kept here:
+- dependencies: a task starts after every task it depends on is done; if one fails
+  or is skipped, the task is skipped, with the first failure named as the cause;
+- exclusion: tasks that share a file or a lock never overlap; who goes first is the
+  plan's (dependency-respecting) order, and the second runs even if the first failed;
+- phases: no task of a later phase starts before every task of earlier phases ended;
+- limits: at most `limit(specialist)` instances of a specialist and `total` in all,
+  and an instance runs one task at a time, so running tasks obey the same limits.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from ._plan import PHASES, CompiledPlan, TaskSpec, topological_order
+
+
+class State(StrEnum):
+    WAITING = "waiting"
+    READY = "ready"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({State.DONE, State.FAILED, State.SKIPPED})
+
+
+# ------------------------------------------------------------------ decisions
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseStarted:
+    phase: str
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseEnded:
+    phase: str
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class Spawned:
+    instance: str
+    specialist: str
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class Retired:
+    instance: str
+    specialist: str
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    task: str
+    instance: str
+    stolen_from: str | None
+    time: float
+
+    @property
+    def stolen(self) -> bool:
+        return self.stolen_from is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    task: str
+    cause: str
+    time: float
+
+
+Decision = PhaseStarted | PhaseEnded | Spawned | Retired | Started | Skipped
+
+
+# ------------------------------------------------------------------ strategies
+
+
+class Distribution:
+    """How tasks reach instances. One subclass per strategy; swap them freely."""
+
+    name = "base"
+    steals = False
+    scales = False
+
+    def assign(self, tasks: Sequence[int], instances: int) -> list[list[int]]:
+        """Deal `tasks` (plan indices, in order) to `instances` piles."""
+        piles: list[list[int]] = [[] for _ in range(instances)]
+        for k, t in enumerate(tasks):
+            piles[k % instances].append(t)
+        return piles
+
+
+class RoundRobin(Distribution):
+    """The seed's static deal: 7 tasks on 3 instances give [1,4,7], [2,5], [3,6].
+
+    No stealing and no new instances: kept to show what stealing buys.
+    """
+
+    name = "round-robin"
+
+
+class WorkStealing(Distribution):
+    """Round-robin deal, then idle instances steal from the back of the busiest sibling.
+
+    Work-conserving: whenever a slot is free under both limits and a task is ready,
+    one starts, spawning an instance if the specialist has room for one.
+    """
+
+    name = "work-stealing"
+    steals = True
+    scales = True
+
+
+def distribution(name: str) -> Distribution:
+    for cls in (WorkStealing, RoundRobin):
+        if cls.name == name:
+            return cls()
+    raise ValueError(f"unknown strategy {name!r}")
+
+
+def fair_share(demand: Mapping[str, int], total: int) -> dict[str, int]:
+    """Split `total` slots so no specialist gets more than it wants (max-min fairness).
+
+    Leftover slots after the even cap go to specialists in the mapping's order.
+    """
+    if sum(demand.values()) <= total:
+        return dict(demand)
+    share = dict.fromkeys(demand, 0)
+    left = total
+    wanting = [s for s, d in demand.items() if d > 0]
+    while left > 0 and wanting:
+        each = max(1, left // len(wanting))
+        for s in list(wanting):
+            if left == 0:
+                break
+            give = min(each, demand[s] - share[s], left)
+            share[s] += give
+            left -= give
+            if share[s] >= demand[s]:
+                wanting.remove(s)
+    return share
+
+
+# ------------------------------------------------------------------ instances
+
+
+@dataclass(eq=False)
+class Instance:
+    name: str
+    specialist: str
+    number: int
+    running: int | None = None
+    remaining: int = 0  # cards still in the pile (not started, not ended)
+    next_position: int = 0
+    ready_front: list[tuple[int, int]] = field(default_factory=list)  # (position, task)
+    ready_back: list[tuple[int, int]] = field(default_factory=list)  # (-position, task)
+
+    @property
+    def idle(self) -> bool:
+        return self.running is None
+
+
+class Scheduler:
+    """Decides which task starts where; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        plan: CompiledPlan,
+        *,
+        limits: Mapping[str, int],
+        total: int,
+        strategy: Distribution | None = None,
+        clock: Callable[[], float] = lambda: 0.0,
+        done: Iterable[str] = (),
+    ) -> None:
+        self.plan = plan
+        self.tasks: Sequence[TaskSpec] = plan.tasks
+        self.limits = dict(limits)
+        self.total = total
+        self.strategy = strategy or WorkStealing()
+        self.clock = clock
+        n = len(self.tasks)
+        self.state = [State.WAITING] * n
+        self.cause: dict[int, str] = {}
+        self.instance_of: dict[int, str] = {}
+        self.stolen_from: dict[int, str] = {}
+        self._owner: list[Instance | None] = [None] * n
+        self._position = [0] * n
+        self._unmet = [len(t.depends_on) for t in self.tasks]
+        self._children: list[list[int]] = [[] for _ in range(n)]
+        by_id = plan.by_id
+        for t in self.tasks:
+            for d in t.depends_on:
+                self._children[by_id[d].index].append(t.index)
+        # Exclusion chains: per file or lock, the tasks that use it, in conflict order.
+        order = topological_order(self.tasks, by_id)
+        self._chains: dict[str, list[int]] = {}
+        for i in order:
+            for r in self.tasks[i].resources:
+                self._chains.setdefault(r, []).append(i)
+        self._head = dict.fromkeys(self._chains, 0)
+        self._blocked = [0] * n
+        for chain in self._chains.values():
+            for i in chain[1:]:
+                self._blocked[i] += 1
+        self._phase_left = [0] * len(PHASES)
+        for t in self.tasks:
+            self._phase_left[t.phase_rank] += 1
+        self.phase_rank = -1
+        self.instances: dict[str, list[Instance]] = {s: [] for s in plan.specialists}
+        self._by_name: dict[str, Instance] = {}
+        self._orphans: dict[str, deque[int]] = {s: deque() for s in plan.specialists}
+        self._numbers: dict[str, set[int]] = {s: set() for s in plan.specialists}
+        self._ready_count = dict.fromkeys(plan.specialists, 0)
+        self._remaining = dict.fromkeys(plan.specialists, 0)
+        self.alive = 0
+        self.running = 0
+        self.running_by: dict[str, int] = dict.fromkeys(plan.specialists, 0)
+        self._out: list[Decision] = []
+        self._terminal_count = 0
+        for tid in done:
+            i = by_id[tid].index
+            self.state[i] = State.DONE
+            self._terminal_count += 1
+            self._phase_left[self.tasks[i].phase_rank] -= 1
+        for tid in done:
+            i = by_id[tid].index
+            for c in self._children[i]:
+                self._unmet[c] -= 1
+            self._release(i)
+        self._advance_phase()
+
+    # -------------------------------------------------------------- queries
+
+    @property
+    def finished(self) -> bool:
+        return self._terminal_count == len(self.tasks)
+
+    @property
+    def phase(self) -> str | None:
+        return PHASES[self.phase_rank] if 0 <= self.phase_rank < len(PHASES) else None
+
+    def limit(self, specialist: str) -> int:
+        return self.limits[specialist]
+
+    def plan_instances(self) -> dict[str, list[list[str]]]:
+        """The initial deal of every phase, pile by pile, concatenated per instance."""
+        out: dict[str, list[list[str]]] = {}
+        for rank in range(len(PHASES)):
+            for spec, piles in self._deal(rank, only_waiting=False).items():
+                mine = out.setdefault(spec, [])
+                for k, pile in enumerate(piles):
+                    if k == len(mine):
+                        mine.append([])
+                    mine[k].extend(self.tasks[i].id for i in pile)
+        return out
+
+    def deal_by_phase(self) -> list[tuple[str, dict[str, list[list[str]]]]]:
+        out = []
+        for rank, name in enumerate(PHASES):
+            deal = self._deal(rank, only_waiting=False)
+            if deal:
+                out.append(
+                    (
+                        name,
+                        {s: [[self.tasks[i].id for i in p] for p in ps] for s, ps in deal.items()},
+                    )
+                )
+        return out
+
+    # -------------------------------------------------------------- driving
+
+    def dispatch(self) -> list[Decision]:
+        """Start everything that can start now; return what was decided, in order."""
+        while self.running < self.total:
+            progressed = False
+            for insts in self.instances.values():
+                for inst in insts:
+                    if inst.idle and self._try_start(inst):
+                        progressed = True
+                        if self.running >= self.total:
+                            break
+                if self.running >= self.total:
+                    break
+            if self.running < self.total and self._scale_up():
+                progressed = True
+            if not progressed:
+                break
+        return self._drain()
+
+    def finish(self, task_id: str, ok: bool) -> list[Decision]:
+        """Record that a running task ended; returns the skips, retirements and phase changes."""
+        i = self.plan.by_id[task_id].index
+        if self.state[i] is not State.RUNNING:
+            raise ValueError(f"task {task_id!r} is {self.state[i].value}, not running")
+        inst = self._by_name[self.instance_of[i]]
+        inst.running = None
+        self.running -= 1
+        self.running_by[inst.specialist] -= 1
+        self._end(i, State.DONE if ok else State.FAILED)
+        if ok:
+            for c in self._children[i]:
+                self._unmet[c] -= 1
+                self._check_ready(c)
+        else:
+            self._skip_dependents(i, task_id)
+        self._retire_idle()
+        self._advance_phase()
+        return self._drain()
+
+    # -------------------------------------------------------------- internals
+
+    def _drain(self) -> list[Decision]:
+        out, self._out = self._out, []
+        return out
+
+    def _end(self, i: int, state: State) -> None:
+        self.state[i] = state
+        self._terminal_count += 1
+        self._phase_left[self.tasks[i].phase_rank] -= 1
+        self._release(i)
+
+    def _release(self, i: int) -> None:
+        for r in self.tasks[i].resources:
+            chain = self._chains[r]
+            h = self._head[r]
+            if chain[h] != i:
+                continue
+            while h < len(chain) and self.state[chain[h]].terminal:
+                h += 1
+            self._head[r] = h
+            if h < len(chain):
+                nxt = chain[h]
+                self._blocked[nxt] -= 1
+                self._check_ready(nxt)
+
+    def _skip_dependents(self, i: int, cause: str) -> None:
+        stack = list(self._children[i])
+        while stack:
+            c = stack.pop()
+            if self.state[c].terminal or self.state[c] is State.RUNNING:
+                continue
+            self._unqueue(c)
+            self.cause[c] = cause
+            self._end(c, State.SKIPPED)
+            self._out.append(Skipped(self.tasks[c].id, cause, self.clock()))
+            stack.extend(self._children[c])
+
+    def _unqueue(self, i: int) -> None:
+        owner = self._owner[i]
+        spec = self.tasks[i].specialist
+        if self.state[i] is State.READY:
+            self._ready_count[spec] -= 1
+        if owner is not None:
+            owner.remaining -= 1
+            self._remaining[spec] -= 1
+            self._owner[i] = None
+        elif i in self._orphans[spec]:
+            self._orphans[spec].remove(i)
+            self._remaining[spec] -= 1
+
+    def _check_ready(self, i: int) -> None:
+        if (
+            self.state[i] is State.WAITING
+            and self._unmet[i] == 0
+            and self._blocked[i] == 0
+            and self.tasks[i].phase_rank == self.phase_rank
+        ):
+            self.state[i] = State.READY
+            self._ready_count[self.tasks[i].specialist] += 1
+            owner = self._owner[i]
+            if owner is not None:
+                pos = self._position[i]
+                heapq.heappush(owner.ready_front, (pos, i))
+                heapq.heappush(owner.ready_back, (-pos, i))
+
+    def _valid(self, inst: Instance, i: int) -> bool:
+        return self.state[i] is State.READY and self._owner[i] is inst
+
+    def _pop_front(self, inst: Instance) -> int | None:
+        while inst.ready_front:
+            _, i = heapq.heappop(inst.ready_front)
+            if self._valid(inst, i):
+                return i
+        return None
+
+    def _pop_back(self, inst: Instance) -> int | None:
+        while inst.ready_back:
+            _, i = heapq.heappop(inst.ready_back)
+            if self._valid(inst, i):
+                return i
+        return None
+
+    def _try_start(self, inst: Instance) -> bool:
+        spec = inst.specialist
+        if self._ready_count[spec] == 0:
+            return False
+        i = self._pop_front(inst)
+        victim: Instance | None = None
+        if i is None and self.strategy.steals:
+            siblings = sorted(
+                (s for s in self.instances[spec] if s is not inst and s.remaining > 0),
+                key=lambda s: (-s.remaining, s.number),
+            )
+            for sib in siblings:
+                i = self._pop_back(sib)
+                if i is not None:
+                    victim = sib
+                    break
+        if i is None:
+            return False
+        self._start(inst, i, victim)
+        return True
+
+    def _start(self, inst: Instance, i: int, victim: Instance | None) -> None:
+        spec = inst.specialist
+        owner = self._owner[i]
+        if owner is not None:
+            owner.remaining -= 1
+            self._remaining[spec] -= 1
+        self._owner[i] = None
+        self._ready_count[spec] -= 1
+        self.state[i] = State.RUNNING
+        inst.running = i
+        self.running += 1
+        self.running_by[spec] += 1
+        self.instance_of[i] = inst.name
+        if victim is not None:
+            self.stolen_from[i] = victim.name
+        self._out.append(
+            Started(self.tasks[i].id, inst.name, victim.name if victim else None, self.clock())
+        )
+
+    def _spawn(self, spec: str, pile: Sequence[int] = ()) -> Instance:
+        used = self._numbers[spec]
+        number = next(k for k in range(1, len(used) + 2) if k not in used)
+        used.add(number)
+        inst = Instance(f"{spec}#{number}", spec, number)
+        self._by_name[inst.name] = inst
+        self.instances[spec].append(inst)
+        self.instances[spec].sort(key=lambda x: x.number)
+        self.alive += 1
+        self._out.append(Spawned(inst.name, spec, self.clock()))
+        self._give(inst, pile)
+        return inst
+
+    def _give(self, inst: Instance, pile: Iterable[int]) -> None:
+        for i in pile:
+            self._owner[i] = inst
+            self._position[i] = inst.next_position
+            inst.next_position += 1
+            inst.remaining += 1
+            if self.state[i] is State.READY:
+                heapq.heappush(inst.ready_front, (self._position[i], i))
+                heapq.heappush(inst.ready_back, (-self._position[i], i))
+
+    def _retire(self, inst: Instance) -> None:
+        assert inst.idle
+        spec = inst.specialist
+        leftover = (
+            sorted(
+                (i for i in range(len(self.tasks)) if self._owner[i] is inst),
+                key=lambda i: self._position[i],
+            )
+            if inst.remaining
+            else []
+        )
+        self.instances[spec].remove(inst)
+        del self._by_name[inst.name]
+        self._numbers[spec].discard(inst.number)
+        self.alive -= 1
+        self._out.append(Retired(inst.name, spec, self.clock()))
+        for i in leftover:
+            self._owner[i] = None
+            inst.remaining -= 1
+            self._remaining[spec] -= 1
+        if leftover:
+            self._adopt(spec, leftover)
+
+    def _adopt(self, spec: str, tasks: Sequence[int]) -> None:
+        """Deal tasks of a retired instance to its siblings, or park them for the next one."""
+        siblings = self.instances[spec]
+        if siblings:
+            for k, i in enumerate(tasks):
+                self._give(siblings[k % len(siblings)], [i])
+                self._remaining[spec] += 1
+        else:
+            self._orphans[spec].extend(tasks)
+            self._remaining[spec] += len(tasks)
+
+    def _retire_idle(self) -> None:
+        for spec, insts in self.instances.items():
+            for inst in list(insts):
+                if not inst.idle:
+                    continue
+                nothing_left = (
+                    self._remaining[spec] == 0 if self.strategy.steals else inst.remaining == 0
+                )
+                if nothing_left:
+                    self._retire(inst)
+
+    def _scale_up(self) -> bool:
+        """Give a specialist with ready work and no free instance another instance.
+
+        Every strategy does this for a specialist that has no instance at all (its tasks
+        were parked because the total limit was full); a scaling strategy also does it to
+        stay work-conserving. When the hall is full, an idle instance with nothing ready
+        elsewhere is retired to make room, its pile dealt to its siblings.
+        """
+        for spec, insts in self.instances.items():
+            if self._ready_count[spec] == 0 or any(x.idle for x in insts):
+                continue
+            if insts and not self.strategy.scales:
+                continue
+            if len(insts) >= self.limits[spec]:
+                continue
+            if self.alive >= self.total and not self._preempt(spec):
+                continue
+            orphans = list(self._orphans[spec])
+            self._orphans[spec].clear()
+            inst = self._spawn(spec, orphans)
+            if self._try_start(inst):
+                return True
+        return False
+
+    def _preempt(self, needy: str) -> bool:
+        """Retire an idle instance that has nothing ready, to free a slot for `needy`."""
+        best: Instance | None = None
+        for spec, insts in self.instances.items():
+            if spec == needy or self._ready_count[spec] > 0:
+                continue
+            for inst in insts:
+                if inst.idle and (
+                    best is None or len(insts) > len(self.instances[best.specialist])
+                ):
+                    best = inst
+        if best is None:
+            return False
+        self._retire(best)
+        return True
+
+    def _members(self, rank: int, *, only_waiting: bool) -> dict[str, list[int]]:
+        by_spec: dict[str, list[int]] = {s: [] for s in self.plan.specialists}
+        for t in self.tasks:
+            if t.phase_rank == rank and not (only_waiting and self.state[t.index].terminal):
+                by_spec[t.specialist].append(t.index)
+        return {s: m for s, m in by_spec.items() if m}
+
+    def _deal(self, rank: int, *, only_waiting: bool) -> dict[str, list[list[int]]]:
+        """Piles per specialist: min(N, limit) instances each, shared fairly under total."""
+        by_spec = self._members(rank, only_waiting=only_waiting)
+        demand = {s: min(len(m), self.limits[s]) for s, m in by_spec.items()}
+        share = fair_share(demand, self.total)
+        return {s: self.strategy.assign(by_spec[s], k) if k else [] for s, k in share.items()}
+
+    def _advance_phase(self) -> None:
+        while self.phase_rank < len(PHASES):
+            if self.phase_rank >= 0:
+                if self._phase_left[self.phase_rank] > 0:
+                    return
+                if any(t.phase_rank == self.phase_rank for t in self.tasks):
+                    self._out.append(PhaseEnded(PHASES[self.phase_rank], self.clock()))
+            self.phase_rank += 1
+            if self.phase_rank < len(PHASES) and self._phase_left[self.phase_rank] > 0:
+                self._open_phase()
+
+    def _open_phase(self) -> None:
+        rank = self.phase_rank
+        self._out.append(PhaseStarted(PHASES[rank], self.clock()))
+        members = self._members(rank, only_waiting=True)
+        deal = self._deal(rank, only_waiting=True)
+        for spec, piles in deal.items():
+            for pile in piles:
+                self._remaining[spec] += len(pile)
+                self._spawn(spec, pile)
+            if not piles:
+                self._orphans[spec].extend(members[spec])
+                self._remaining[spec] += len(members[spec])
+        for t in self.tasks:
+            if t.phase_rank == rank:
+                self._check_ready(t.index)

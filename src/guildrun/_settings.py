@@ -1,0 +1,123 @@
+"""Run settings and where they come from.
+
+Settings are read once, before a run, into a frozen object; nothing deeper in the
+engine looks at the environment or at config files. Precedence, strongest first:
+
+    command-line flag > GUILDRUN_* environment variable > plan > project config > default
+
+The project config is ``guildrun.toml`` at the project root (keys at top level, or under
+``[settings]``), else ``[tool.guildrun]`` in ``pyproject.toml``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ._errors import UsageError
+
+Strategy = Literal["work-stealing", "round-robin"]
+STRATEGIES: tuple[str, ...] = ("work-stealing", "round-robin")
+
+
+class Settings(BaseModel):
+    """How hard to parallelise. Every field has a default, so a plan may leave it out."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    per_agent_type: int = Field(
+        default=3, ge=1, le=1000, description="Instances of one specialist at most."
+    )
+    total_parallel: int = Field(
+        default=20, ge=1, le=10000, description="Agents running at once, across specialists."
+    )
+    strategy: Strategy = Field(
+        default="work-stealing",
+        description=(
+            "How tasks reach instances: 'work-stealing' (round-robin assignment, idle instances "
+            "steal from the back of the busiest sibling) or 'round-robin' (static assignment)."
+        ),
+    )
+    timeout: float | None = Field(
+        default=None, gt=0, description="Default seconds a task may run before it is stopped."
+    )
+    kill_grace: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds between SIGTERM and SIGKILL when a task is stopped.",
+    )
+
+
+_ENV = {
+    "per_agent_type": "GUILDRUN_PER_AGENT_TYPE",
+    "total_parallel": "GUILDRUN_TOTAL_PARALLEL",
+    "strategy": "GUILDRUN_STRATEGY",
+}
+
+
+def read_project_config(root: Path) -> tuple[dict[str, Any], str | None]:
+    """Settings from guildrun.toml or [tool.guildrun], with the file they came from."""
+    own = root / "guildrun.toml"
+    if own.is_file():
+        data = _read_toml(own)
+        section = data.get("settings", data)
+        if not isinstance(section, dict):
+            raise UsageError(f"{own}: settings: expected a table")
+        return dict(section), str(own)
+    pyproject = root / "pyproject.toml"
+    if pyproject.is_file():
+        data = _read_toml(pyproject)
+        tool = data.get("tool", {})
+        section = tool.get("guildrun") if isinstance(tool, dict) else None
+        if isinstance(section, dict):
+            return dict(section), f"{pyproject} [tool.guildrun]"
+    return {}, None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def resolve_settings(
+    *,
+    plan: Settings | None = None,
+    project: Mapping[str, Any] | None = None,
+    project_source: str | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Layer the sources; only fields a layer actually sets override weaker layers."""
+    merged: dict[str, Any] = {}
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    if project:
+        layers.append((project_source or "project config", project))
+    if plan is not None:
+        layers.append(("plan settings", {k: getattr(plan, k) for k in plan.model_fields_set}))
+    environ = os.environ if env is None else env
+    from_env = {field: environ[var] for field, var in _ENV.items() if environ.get(var)}
+    if from_env:
+        layers.append(("environment", from_env))
+    if overrides:
+        layers.append(("command line", {k: v for k, v in overrides.items() if v is not None}))
+    for source, layer in layers:
+        candidate = {**merged, **layer}
+        try:
+            Settings.model_validate(candidate)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"])
+            hint = f" ({_ENV[field]})" if source == "environment" and field in _ENV else ""
+            raise UsageError(f"{source}{hint}: {field}: {err['msg']}") from None
+        merged = candidate
+    return Settings.model_validate(merged)

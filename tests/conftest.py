@@ -1,0 +1,69 @@
+"""Shared fixtures: real project folders, real plans, the real command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from guildrun._plan import Plan, compile_plan
+from guildrun._plan import CompiledPlan
+
+Runner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """An empty project root (not a git repository, so --root is never guessed wrong)."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    return root
+
+
+def write_plan(root: Path, data: dict[str, Any], name: str = "plan.yaml") -> Path:
+    path = root / name
+    if name.endswith(".json"):
+        path.write_text(json.dumps(data, indent=2))
+    else:
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def guildrun() -> Runner:
+    """Run the real `guildrun` command line in a subprocess."""
+
+    def run(*args: str, cwd: Path, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        full_env = {**os.environ, **(env or {})}
+        return subprocess.run(
+            [sys.executable, "-m", "guildrun", *args],
+            cwd=cwd,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    return run
+
+
+def compiled(data: dict[str, Any], root: Path | None = None) -> CompiledPlan:
+    return compile_plan(Plan.model_validate(data), root or Path.cwd())
+
+
+def tasks_plan(
+    n: int, specialist: str = "interface", **extra: Any
+) -> dict[str, Any]:
+    return {
+        "specialists": {specialist: {"run": ["true"]}},
+        "tasks": [{"id": str(i), "specialist": specialist, **extra} for i in range(1, n + 1)],
+    }
