@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from guildrun._plan import Plan, compile_plan
-from guildrun._plan import CompiledPlan
+from guildrun._plan import CompiledPlan, Plan, compile_plan
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -40,8 +39,9 @@ def write_plan(root: Path, data: dict[str, Any], name: str = "plan.yaml") -> Pat
 def guildrun() -> Runner:
     """Run the real `guildrun` command line in a subprocess."""
 
-    def run(*args: str, cwd: Path, env: dict[str, str] | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         full_env = {**os.environ, **(env or {})}
         return subprocess.run(
             [sys.executable, "-m", "guildrun", *args],
@@ -60,9 +60,7 @@ def compiled(data: dict[str, Any], root: Path | None = None) -> CompiledPlan:
     return compile_plan(Plan.model_validate(data), root or Path.cwd())
 
 
-def tasks_plan(
-    n: int, specialist: str = "interface", **extra: Any
-) -> dict[str, Any]:
+def tasks_plan(n: int, specialist: str = "interface", **extra: Any) -> dict[str, Any]:
     return {
         "specialists": {specialist: {"run": ["true"]}},
         "tasks": [{"id": str(i), "specialist": specialist, **extra} for i in range(1, n + 1)],

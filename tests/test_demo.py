@@ -99,7 +99,10 @@ def test_build_repo_refuses_a_folder_with_files(tmp_path: Path) -> None:
     ("output", "expected"),
     [
         ("....\n---\nRan 4 tests in 0.001s\n\nOK\n", (True, "unittest passed, 4 tests")),
-        ("E\n---\nRan 1 test in 0.001s\n\nFAILED (errors=1)\n", (False, "unittest failed, 1 tests (errors=1)")),
+        (
+            "E\n---\nRan 1 test in 0.001s\n\nFAILED (errors=1)\n",
+            (False, "unittest failed, 1 tests (errors=1)"),
+        ),
         ("\n---\nRan 0 tests in 0.000s\n\nOK\n", (False, "unittest failed, 0 tests")),
         ("Traceback: boom\n", (False, "unittest did not finish (no tests found)")),
     ],
@@ -116,8 +119,8 @@ def test_run_demo_passes_and_prints_both_wall_times(tmp_path: Path) -> None:
     assert "stand-ins" in text and "--think" in text
     assert text.count("validation: unittest passed") == 2
     assert re.search(
-        r"measured wall time: [\d.]+ s with 1 instance per specialist, [\d.]+ s with 3: "
-        r"[\d.]+x faster",
+        r"measured wall time: [\d.]+ s with 1 instance per specialist, [\d.]+ s with 3\n"
+        r"  [\d.]+x faster with 3 instances per specialist",
         text,
     ), text
     assert (tmp_path / "demo-sequential" / "shop").is_dir()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -123,7 +124,9 @@ def test_failure_skips_dependents_with_cause() -> None:
 
 def test_phases_are_boundaries() -> None:
     data = tasks_plan(6)
-    for t, phase in zip(data["tasks"], ["validation", "research", "implementation"] * 2, strict=True):
+    for t, phase in zip(
+        data["tasks"], ["validation", "research", "implementation"] * 2, strict=True
+    ):
         t["phase"] = phase
     plan = compiled(data)
     durations = {"2": 5.0, "5": 1.0, "3": 1.0, "6": 1.0, "1": 1.0, "4": 1.0}
@@ -175,9 +178,7 @@ def random_plans(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, float], dic
     specs = draw(st.lists(st.sampled_from("abcd"), min_size=1, max_size=4, unique=True))
     tasks: list[dict[str, Any]] = []
     for i in range(n):
-        deps = sorted(
-            draw(st.sets(st.integers(0, i - 1), max_size=3)) if i else set()
-        )
+        deps = sorted(draw(st.sets(st.integers(0, i - 1), max_size=3)) if i else set())
         phase = draw(st.sampled_from(PHASES))
         tasks.append(
             {
@@ -202,8 +203,14 @@ def random_plans(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, float], dic
     return data, durations, limits, total
 
 
-def check_run(plan: CompiledPlan, durations: dict[str, float], limits: dict[str, int],
-              total: int, strategy: Any, fails: set[str]) -> None:
+def check_run(
+    plan: CompiledPlan,
+    durations: dict[str, float],
+    limits: dict[str, int],
+    total: int,
+    strategy: Any,
+    fails: set[str],
+) -> None:
     now = 0.0
     sched = Scheduler(plan, limits=limits, total=total, strategy=strategy, clock=lambda: now)
     heap: list[tuple[float, str]] = []
@@ -226,9 +233,7 @@ def check_run(plan: CompiledPlan, durations: dict[str, float], limits: dict[str,
         if strategy.scales:
             for spec in plan.specialists:
                 ready = any(
-                    sched.state[t.index] is State.READY
-                    for t in plan.tasks
-                    if t.specialist == spec
+                    sched.state[t.index] is State.READY for t in plan.tasks if t.specialist == spec
                 )
                 if ready:
                     assert sched.running_by[spec] == limits[spec] or sched.running == total
@@ -261,7 +266,7 @@ def check_run(plan: CompiledPlan, durations: dict[str, float], limits: dict[str,
         per_instance[inst].append((s, e))
     for spans in per_instance.values():
         spans.sort()
-        for (_, e1), (s2, _) in zip(spans, spans[1:], strict=False):
+        for (_, e1), (s2, _) in itertools.pairwise(spans):
             assert s2 >= e1
 
 

@@ -11,10 +11,9 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from ._engine import Prepared, Reporter, prepare, run_prepared
 from ._errors import GuildrunError, UsageError
@@ -24,6 +23,25 @@ from ._paths import find_root
 from ._plan import PHASES, plan_schema
 from ._schedule import Scheduler, distribution
 from ._settings import STRATEGIES
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+class _Consoles:
+    """rich is imported only when something is printed for people (not for --json)."""
+
+    @cached_property
+    def out(self) -> Console:
+        from rich.console import Console
+
+        return Console(highlight=False)
+
+    @cached_property
+    def err(self) -> Console:
+        from rich.console import Console
+
+        return Console(stderr=True, highlight=False)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -100,23 +118,21 @@ def _prepare(args: argparse.Namespace) -> Prepared:
     )
 
 
-def _cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from ._display import LiveReporter, PlainReporter, print_summary
-
+def _cmd_run(args: argparse.Namespace, con: _Consoles) -> int:
     prepared = _prepare(args)
-    show = err if args.json else out
-    reporter: Reporter
-    if args.quiet:
-        reporter = Reporter()
-    elif show.is_terminal:
-        reporter = LiveReporter(show)
-    else:
-        reporter = PlainReporter(show.file)
+    reporter: Reporter = Reporter()
+    if not args.quiet:
+        from ._display import LiveReporter, PlainReporter
+
+        show = con.err if args.json else con.out
+        reporter = LiveReporter(show) if show.is_terminal else PlainReporter(show.file)
     summary = asyncio.run(run_prepared(prepared, reporter=reporter))
     if args.json:
         print(json.dumps(summary.to_json()))
     else:
-        print_summary(summary, out)
+        from ._display import print_summary
+
+        print_summary(summary, con.out)
     return summary.exit_code
 
 
@@ -229,26 +245,25 @@ def _cmd_demo(args: argparse.Namespace, out: Console) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    out = Console(highlight=False)
-    err = Console(stderr=True, highlight=False)
+    con = _Consoles()
     try:
         args = _parser().parse_args(argv)
         cmd = args.command
         if cmd == "run":
-            return _cmd_run(args, out, err)
+            return _cmd_run(args, con)
         if cmd == "plan":
-            return _cmd_plan(args, out)
+            return _cmd_plan(args, con.out)
         if cmd == "validate":
-            return _cmd_validate(args, out)
+            return _cmd_validate(args, con.out)
         if cmd == "runs":
-            return _cmd_runs(args, out)
+            return _cmd_runs(args, con.out)
         if cmd == "status":
-            return _cmd_status(args, out)
+            return _cmd_status(args, con.out)
         if cmd == "schema":
             print(json.dumps(plan_schema(), indent=2))
             return 0
         if cmd == "demo":
-            return _cmd_demo(args, out)
+            return _cmd_demo(args, con.out)
         raise UsageError(f"unknown command {cmd!r}")
     except GuildrunError as exc:
         sys.stderr.write(f"guildrun: error: {exc}\n")

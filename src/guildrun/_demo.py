@@ -448,7 +448,7 @@ def _emitter(out: Any) -> Emit:
 
     if isinstance(out, Console):
         console = out
-        return lambda text: console.print(text, markup=False, highlight=False)
+        return lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)
     if hasattr(out, "write"):
         stream: IO[str] = out
         return lambda text: print(text, file=stream, flush=True)
@@ -480,8 +480,8 @@ def _run_copy(repo: Path, plan: Plan, instances: int, emit: Emit) -> Measured:
     ok, verdict = validation_verdict(s)
     emit(f"  tasks: {s.done} done, {s.failed} failed, {s.skipped} skipped")
     emit(
-        f"  wall {s.wall_s:.1f} s, task time {s.task_s:.1f} s, "
-        f"speedup {s.speedup:.2f}x (task time over wall), utilization {s.utilization:.0%}"
+        f"  wall {s.wall_s:.1f} s, task time {s.task_s:.1f} s (speedup {s.speedup:.2f}x), "
+        f"utilization {s.utilization:.0%}"
     )
     for t in s.tasks:
         if t.state in ("failed", "skipped") and t.id != VALIDATE_TASK:
@@ -507,25 +507,28 @@ def run_demo(dest: Path | None, think: float = 1.0, out: Any = None) -> int:
     _ok, before = run_unittest(parallel_repo)
     emit(f"before the agents: {before}")
     emit("")
-    emit(f"run 1: up to {PARALLEL} instances of each specialist, in {parallel_repo}")
+    emit(f"run 1: up to {PARALLEL} instances of each specialist")
+    emit(f"  in {parallel_repo}")
     fast = _run_copy(parallel_repo, plan, PARALLEL, emit)
     emit("")
     build_repo(sequential_repo)
-    emit(f"run 2: the same plan, 1 instance of each specialist, in a fresh copy {sequential_repo}")
+    emit("run 2: the same plan on a fresh copy, 1 instance of each specialist")
+    emit(f"  in {sequential_repo}")
     slow = _run_copy(sequential_repo, plan, 1, emit)
     emit("")
     _compare(emit, fast.summary, slow.summary)
-    emit(f"see the agents' edits: git -C {parallel_repo} diff --stat")
+    if (parallel_repo / ".git").is_dir():
+        emit(f"see the agents' edits: git -C {parallel_repo} diff --stat")
     return 0 if fast.tests_ok and slow.tests_ok else 1
 
 
 def _intro(emit: Emit, think: float, n_tasks: int, n_files: int) -> None:
-    emit("guildrun demo: a sample shop repository whose tests fail, and a team of agents to fix it")
+    emit("guildrun demo: a sample shop whose tests fail, and a team of agents to fix it")
     emit(f"  {n_tasks} tasks owning {n_files} files: research; then interface, service and test")
-    emit("  agents in parallel; then a validation phase that runs the repository's own tests.")
-    emit(f"  The agents are stand-ins: each sleeps {think:g} s where a language model would think")
-    emit("  (set it with --think SECONDS), then makes a real, deterministic edit to the files")
-    emit("  its task owns, and no others.")
+    emit("  agents in parallel; then a validation phase that runs the repository's tests.")
+    emit(f"  The agents are stand-ins: each sleeps {think:g} s where a language model would")
+    emit("  think (set it with --think SECONDS), then makes a real, deterministic edit to")
+    emit("  the files its task owns, and no others.")
     emit("")
 
 
@@ -533,8 +536,9 @@ def _compare(emit: Emit, fast: Summary, slow: Summary) -> None:
     ratio = slow.wall_s / fast.wall_s if fast.wall_s > 0 else 0.0
     emit(
         f"measured wall time: {slow.wall_s:.1f} s with 1 instance per specialist, "
-        f"{fast.wall_s:.1f} s with {PARALLEL}: {ratio:.2f}x faster"
+        f"{fast.wall_s:.1f} s with {PARALLEL}"
     )
+    emit(f"  {ratio:.2f}x faster with {PARALLEL} instances per specialist")
 
 
 _STATIC_FILES: dict[str, str] = {

@@ -39,6 +39,8 @@ from ._schedule import (
 )
 from ._settings import Settings, read_project_config, resolve_settings
 
+PGID_FLUSH_S = 0.2
+
 
 class Reporter:
     """Receives events after they are committed. Subclass and override what you need."""
@@ -131,6 +133,14 @@ class Engine:
         self.attempt_no: dict[str, int] = {}
         self.runners = {name: self._runner(spec) for name, spec in self.plan.specialists.items()}
         self._base_env = dict(os.environ)
+        # Encoded once per specialist: Popen would otherwise encode ~100 variables per task.
+        self._env = {
+            name: {
+                os.fsencode(k): os.fsencode(v) for k, v in {**self._base_env, **spec.env}.items()
+            }
+            for name, spec in self.plan.specialists.items()
+        }
+        self._pgids: list[tuple[str, int, int]] = []
         self._done: asyncio.Queue[tuple[str, int, Outcome]] = asyncio.Queue()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
@@ -186,11 +196,17 @@ class Engine:
                     get.cancel()
                     status = "interrupted"
                     break
-                task_id, attempt, outcome = get.result()
-                self._running.pop(task_id, None)
+                # Group commit: every attempt that has ended by now goes into one transaction.
+                ended = [get.result()]
+                while not self._done.empty():
+                    ended.append(self._done.get_nowait())
                 with self.journal.transaction() as committed:
-                    self._record(task_id, attempt, outcome)
-                    decisions = self.scheduler.finish(task_id, outcome.ok)
+                    self._write_pgids()
+                    decisions: list[Decision] = []
+                    for task_id, attempt, outcome in ended:
+                        self._running.pop(task_id, None)
+                        self._record(task_id, attempt, outcome)
+                        decisions += self.scheduler.finish(task_id, outcome.ok)
                     decisions += self.scheduler.dispatch()
                     jobs = self._apply(decisions)
                 self.reporter.events(committed)
@@ -370,13 +386,17 @@ class Engine:
             argv = tpl.render_argv(specialist.argv, full, spec.files)
         elif specialist.shell_script is not None:
             argv = ["/bin/sh", "-c", specialist.shell_script, "guildrun", *spec.files]
-        env: dict[str, str] = {}
+        env: dict[bytes, bytes] = {}
         if argv is not None:
-            env = {**self._base_env, **specialist.env, **ctx.env()}
+            env = self._env[spec.specialist].copy()
+            for k, v in ctx.env().items():
+                env[k.encode()] = os.fsencode(v)
         timeout = spec.timeout or specialist.timeout or self.p.settings.timeout
 
         def on_spawn(pgid: int, task: str = spec.id, n: int = attempt) -> None:
-            self.journal.attempt_pgid(self.run_id, task, n, pgid)
+            self._pgids.append((task, n, pgid))
+            if len(self._pgids) == 1:
+                asyncio.get_running_loop().call_later(PGID_FLUSH_S, self._flush_pgids)
 
         return Job(
             context=ctx,
@@ -388,6 +408,21 @@ class Engine:
             env=env,
             on_spawn=on_spawn,
         )
+
+    def _write_pgids(self) -> None:
+        for task, attempt, pgid in self._pgids:
+            self.journal.attempt_pgid(self.run_id, task, attempt, pgid)
+        self._pgids.clear()
+
+    def _flush_pgids(self) -> None:
+        """Journal the process groups of agents started lately, one commit for the batch.
+
+        A resumed run finds agents a killed engine left behind through these. They ride
+        along with the next commit when one comes sooner, so short tasks cost no commit.
+        """
+        if self._pgids:
+            with self.journal.transaction():
+                self._write_pgids()
 
     def _ref(self, ph: tpl.Placeholder) -> str:
         if ph.name == "result":

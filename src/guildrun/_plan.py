@@ -142,8 +142,12 @@ def plan_schema() -> dict[str, Any]:
 # ---------------------------------------------------------------------------- loading
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of silently keeping the last."""
+# libyaml's parser when PyYAML has it (about 20x faster on a 10,000-task plan).
+_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc]
+    """A safe loader that refuses duplicate keys instead of silently keeping the last."""
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> Any:
@@ -165,16 +169,19 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 
 
 class _Locator:
-    """Maps a field path to the line it stands on, from the YAML node tree."""
+    """Maps a field path to the line it stands on, from the YAML node tree.
+
+    The tree is built only when an error needs a line, so valid plans never pay for it.
+    """
 
     def __init__(self, text: str) -> None:
-        try:
-            self.root: yaml.Node | None = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.YAMLError:
-            self.root = None
+        self.text = text
 
     def line(self, path: FieldPath) -> int | None:
-        node = self.root
+        try:
+            node: yaml.Node | None = yaml.compose(self.text, Loader=_BaseLoader)
+        except yaml.YAMLError:
+            return None
         if node is None:
             return None
         best = node.start_mark.line + 1
