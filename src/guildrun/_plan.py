@@ -104,6 +104,9 @@ class Task(BaseModel):
     phase: Phase = Field(default="implementation", description="Integration boundary.")
     prompt: str = Field(default="", description="What the agent is asked to do.")
     timeout: float | None = Field(default=None, gt=0, description="Seconds before it is stopped.")
+    estimate: float | None = Field(
+        default=None, ge=0, description="Expected seconds, for longest-first and simulation."
+    )
 
     @field_validator("id", "specialist", "scope", mode="before")
     @classmethod
@@ -320,6 +323,7 @@ class TaskSpec:
     phase_rank: int
     prompt: tuple[tpl.Part, ...]
     timeout: float | None
+    estimate: float | None = None
 
     @property
     def resources(self) -> tuple[str, ...]:
@@ -503,6 +507,7 @@ def _compile_structure(plan: Plan, root: Path | None = None) -> CompiledPlan:
                 phase_rank=PHASES.index(task.phase),
                 prompt=prompt,
                 timeout=task.timeout,
+                estimate=task.estimate,
             )
         )
     by_id = {t.id: t for t in specs}
