@@ -92,7 +92,25 @@ CREATE TABLE IF NOT EXISTS events (
     instance TEXT,
     data TEXT
 );
+CREATE TABLE IF NOT EXISTS samples (   -- the machine and the agents, sampled during a run
+    run_id TEXT NOT NULL,
+    time REAL NOT NULL,
+    cpu REAL,                        -- machine CPU busy, percent of all cores
+    mem_used REAL,                   -- bytes
+    mem_available REAL,              -- bytes
+    running INTEGER,                 -- attempts running
+    agents_cpu REAL,                 -- CPU of all agents' process trees, percent of one core
+    agents_rss REAL                  -- resident memory of all agents' process trees, bytes
+);
+CREATE TABLE IF NOT EXISTS timings (   -- engine steps, timed: the coordination overhead
+    run_id TEXT NOT NULL,
+    step TEXT NOT NULL,              -- dispatch, journal, launch, reap, ownership, ...
+    seconds REAL NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (run_id, step)
+);
 CREATE INDEX IF NOT EXISTS events_by_run ON events(run_id, seq);
+CREATE INDEX IF NOT EXISTS samples_by_run ON samples(run_id, time);
 CREATE INDEX IF NOT EXISTS instances_by_run ON instances(run_id, name);
 """
 
