@@ -67,7 +67,8 @@ def max_overlap(spans: list[tuple[float, float]]) -> int:
 def test_limits_are_never_exceeded(guildrun: Runner, project: Path) -> None:
     argv = recorder(project)
     specs: dict[str, dict[str, Any]] = {
-        s: {"run": argv, "env": {"SLEEP": "0.3"}} for s in ("interface", "service", "test")
+        s: {"run": argv, "writes": ["rec/*"], "env": {"SLEEP": "0.3"}}
+        for s in ("interface", "service", "test")
     }
     specs["test"]["instances"] = 1
     tasks = [{"id": f"{s}-{i}", "specialist": s} for s in specs for i in range(8)]
@@ -104,7 +105,9 @@ def test_same_file_and_same_lock_never_overlap(guildrun: Runner, project: Path) 
     write_plan(
         project,
         {
-            "specialists": {"w": {"run": argv, "env": {"SLEEP": "0.4"}, "instances": 5}},
+            "specialists": {
+                "w": {"run": argv, "writes": ["rec/*"], "env": {"SLEEP": "0.4"}, "instances": 5}
+            },
             "tasks": [{**t, "specialist": "w"} for t in tasks],
         },
     )
@@ -121,7 +124,11 @@ def test_phases_are_integration_boundaries(guildrun: Runner, project: Path) -> N
     phases = ["validation", "implementation", "research", "planning"] * 2
     tasks = [{"id": f"t{i}", "specialist": "w", "phase": p} for i, p in enumerate(phases)]
     write_plan(
-        project, {"specialists": {"w": {"run": argv, "env": {"SLEEP": "0.2"}}}, "tasks": tasks}
+        project,
+        {
+            "specialists": {"w": {"run": argv, "writes": ["rec/*"], "env": {"SLEEP": "0.2"}}},
+            "tasks": tasks,
+        },
     )
     proc = guildrun("run", "plan.yaml", "--root", str(project), "--json", cwd=project)
     assert proc.returncode == 0, proc.stderr
@@ -149,11 +156,13 @@ def test_placeholders_reach_the_program_literally(guildrun: Runner, project: Pat
                         "{instance}",
                         "{attempt}",
                         "{workdir}",
-                    ]
+                    ],
+                    "writes": ["rec/*"],
                 },
                 "sh": {
                     "run": 'printf "%s|%s" "$GUILDRUN_PROMPT" "$*" > shell-out.txt',
                     "shell": True,
+                    "writes": ["shell-out.txt"],
                 },
             },
             "tasks": [
@@ -181,7 +190,7 @@ def test_results_flow_to_later_phases(guildrun: Runner, project: Path) -> None:
             "specialists": {
                 "research": {"run": ["sh", "-c", 'echo "facts from $GUILDRUN_TASK_ID"']},
                 "writer": {"run": ["sh", "-c", 'echo "$1" > "$GUILDRUN_RESULT"', "x", "{prompt}"]},
-                "w": {"run": [*argv, "{prompt}"]},
+                "w": {"run": [*argv, "{prompt}"], "writes": ["rec/*"]},
             },
             "tasks": [
                 {"id": "r1", "specialist": "research", "phase": "research"},
@@ -286,7 +295,8 @@ def test_timeout_kills_the_whole_process_group(project: Path) -> None:
         settings=guildrun.Settings(kill_grace=0.5),
         specialists={
             "w": Specialist(
-                run=["sh", "-c", "sleep 60 & echo $! > grandchild.pid; trap '' TERM; wait"]
+                run=["sh", "-c", "sleep 60 & echo $! > grandchild.pid; trap '' TERM; wait"],
+                writes=["grandchild.pid"],
             )
         },
         tasks=[Task(id="slow", specialist="w", timeout=1)],
@@ -312,7 +322,10 @@ def test_sigint_stops_agents_and_exits_130(project: Path) -> None:
         project,
         {
             "specialists": {
-                "w": {"run": ["sh", "-c", "echo $$ > pid-$1; sleep 60", "x", "{task_id}"]}
+                "w": {
+                    "run": ["sh", "-c", "echo $$ > pid-$1; sleep 60", "x", "{task_id}"],
+                    "writes": ["pid-*"],
+                }
             },
             "tasks": [{"id": "a", "specialist": "w"}, {"id": "b", "specialist": "w"}],
         },

@@ -11,10 +11,11 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import random
 import re
 import signal
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,9 @@ from . import _templates as tpl
 from ._errors import PlanError
 from ._journal import Event, Journal, journal_path, new_run_id
 from ._metrics import Summary, summarize
-from ._paths import STATE_DIR, find_root
+from ._paths import STATE_DIR, find_root, glob_to_regex
 from ._plan import CompiledPlan, Plan, SpecialistSpec, compile_plan, load_plan
+from ._retry import RetryPolicy, merge_retry
 from ._runners import CommandRunner, Job, Outcome, PythonRunner, Runner, TaskContext, load_callable
 from ._schedule import (
     Decision,
@@ -38,6 +40,7 @@ from ._schedule import (
     distribution,
 )
 from ._settings import Settings, read_project_config, resolve_settings
+from ._workspace import Baseline, Manifest, Stat, Store, Watcher, walk
 
 PGID_FLUSH_S = 0.2
 
@@ -103,7 +106,53 @@ def safe_name(task_id: str) -> str:
     return f"{clean}-{hashlib.sha1(task_id.encode()).hexdigest()[:8]}"  # noqa: S324
 
 
+@dataclass
+class ResumeState:
+    """What a resumed run takes over from the journal."""
+
+    done: set[str]
+    final: dict[str, str]  # failed or skipped tasks kept as they were: id -> state
+    attempts: dict[str, int]
+    results: dict[str, str]
+
+
+class _Timings:
+    """Engine steps, timed: their sum is the coordination overhead of a run."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, list[float]] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, step: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            cell = self.steps.setdefault(step, [0.0, 0])
+            cell[0] += time.perf_counter() - t0
+            cell[1] += 1
+
+    def add(self, step: str, seconds: float) -> None:
+        cell = self.steps.setdefault(step, [0.0, 0])
+        cell[0] += seconds
+        cell[1] += 1
+
+    def export(self) -> dict[str, tuple[float, int]]:
+        return {k: (v[0], int(v[1])) for k, v in self.steps.items()}
+
+
+@dataclass(frozen=True)
+class _Rules:
+    """Per-task policies, resolved once from settings, specialist and task."""
+
+    retry: RetryPolicy
+    writes: tuple[re.Pattern[str], ...]
+    on_violation: str
+
+
 class Engine:
+    """One run: the scheduler's decisions carried out, checked and journaled."""
+
     def __init__(
         self,
         prepared: Prepared,
@@ -111,27 +160,45 @@ class Engine:
         *,
         reporter: Reporter | None = None,
         run_id: str | None = None,
+        resume: ResumeState | None = None,
         clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
     ) -> None:
         self.p = prepared
         self.plan = prepared.plan
+        self.settings = prepared.settings
         self.journal = journal
         self.reporter = reporter or Reporter()
         self.run_id = run_id or new_run_id()
+        self.resume = resume
         self.clock = clock
+        self.rng = rng or random.Random()
         self.scheduler = Scheduler(
             self.plan,
             limits=prepared.limits,
-            total=prepared.settings.total_parallel,
-            strategy=distribution(prepared.settings.strategy),
+            total=self.settings.total_parallel,
+            strategy=distribution(self.settings.strategy),
             clock=clock,
+            done=resume.done if resume else (),
+            final=resume.final if resume else None,
         )
         self.run_dir = prepared.root / STATE_DIR / "runs" / self.run_id
         self.log_dir = self.run_dir / "logs"
         self.result_dir = self.run_dir / "results"
-        self.results: dict[str, str] = {}
-        self.attempt_no: dict[str, int] = {}
+        self.results: dict[str, str] = dict(resume.results) if resume else {}
+        self.attempt_no: dict[str, int] = dict(resume.attempts) if resume else {}
         self.runners = {name: self._runner(spec) for name, spec in self.plan.specialists.items()}
+        self.rules = self._rules()
+        self.store = Store(prepared.root)
+        self.before: dict[str, Manifest] = {}
+        self.widened: set[str] = set()
+        self.extra_files: dict[str, list[str]] = {}
+        self.timings = _Timings()
+        self.watcher: Watcher | None = None
+        self.baseline: Baseline | None = None
+        self._ignore = tuple(glob_to_regex(g) for g in self.settings.ignore)
+        self._ran_since_check: set[str] = set()
+        self._carry: set[str] = set()
         self._base_env = dict(os.environ)
         # Encoded once per specialist: Popen would otherwise encode ~100 variables per task.
         self._env = {
@@ -141,9 +208,10 @@ class Engine:
             for name, spec in self.plan.specialists.items()
         }
         self._pgids: list[tuple[str, int, int]] = []
-        self._done: asyncio.Queue[tuple[str, int, Outcome]] = asyncio.Queue()
+        self._inbox: asyncio.Queue[tuple[str, str, int, Outcome | None]] = asyncio.Queue()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
+        self._halt = False
 
     def _runner(self, spec: SpecialistSpec) -> Runner:
         if spec.argv is not None or spec.shell_script is not None:
@@ -161,27 +229,57 @@ class Engine:
                 ) from None
         return PythonRunner(func)
 
+    def _rules(self) -> dict[str, _Rules]:
+        src = self.p.source
+        out: dict[str, _Rules] = {}
+        for spec in self.plan.tasks:
+            task = src.tasks[spec.index]
+            sp = src.specialists[spec.specialist]
+            out[spec.id] = _Rules(
+                retry=merge_retry(self.settings.retry, sp.retry, task.retry),
+                writes=tuple(glob_to_regex(g) for g in (*sp.writes, *task.writes)),
+                on_violation=task.on_violation or sp.on_violation or self.settings.on_violation,
+            )
+        return out
+
     # ------------------------------------------------------------ the loop
 
     async def execute(self) -> Summary:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.result_dir.mkdir(parents=True, exist_ok=True)
+        if self.settings.ownership:
+            with self.timings("ownership"):
+                self.baseline = Baseline.take(self.p.root, self.store)
+                self.watcher = Watcher(self.p.root)
+        try:
+            return await self._execute()
+        finally:
+            if self.watcher is not None:
+                self.watcher.stop()
+
+    async def _execute(self) -> Summary:
         now = self.clock()
         with self.journal.transaction() as committed:
-            self.journal.create_run(
-                self.run_id,
-                root=self.p.root,
-                plan_source=self.plan.source,
-                plan_json=self.p.source.model_dump_json(),
-                settings_json=self.p.settings.model_dump_json(),
-                limits=self.p.limits,
-                tasks=[
-                    (t.id, t.index, t.specialist, t.phase, t.scope, list(t.files))
-                    for t in self.plan.tasks
-                ],
-                now=now,
-            )
-            self.journal.event(self.run_id, Event("run_started", now))
+            if self.resume is None:
+                self.journal.create_run(
+                    self.run_id,
+                    root=self.p.root,
+                    plan_source=self.plan.source,
+                    plan_json=self.p.source.model_dump_json(),
+                    settings_json=self.settings.model_dump_json(),
+                    limits=self.p.limits,
+                    tasks=[
+                        (t.id, t.index, t.specialist, t.phase, t.scope, list(t.files))
+                        for t in self.plan.tasks
+                    ],
+                    now=now,
+                )
+                self.journal.event(self.run_id, Event("run_started", now))
+            else:
+                self.journal.set_status(self.run_id, "running")
+                self.journal.event(
+                    self.run_id, Event("run_resumed", now, data={"done": len(self.resume.done)})
+                )
             jobs = self._apply(self.scheduler.dispatch())
         self.reporter.run_started(self.run_id, self.plan, self.p.limits)
         self.reporter.events(committed)
@@ -190,36 +288,30 @@ class Engine:
         stop_wait = asyncio.ensure_future(self._stop.wait())
         try:
             while not self.scheduler.finished:
-                get = asyncio.ensure_future(self._done.get())
+                get = asyncio.ensure_future(self._inbox.get())
                 await asyncio.wait({get, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
                 if not get.done():
                     get.cancel()
                     status = "interrupted"
                     break
-                # Group commit: every attempt that has ended by now goes into one transaction.
-                ended = [get.result()]
-                while not self._done.empty():
-                    ended.append(self._done.get_nowait())
-                with self.journal.transaction() as committed:
-                    self._write_pgids()
-                    decisions: list[Decision] = []
-                    for task_id, attempt, outcome in ended:
-                        self._running.pop(task_id, None)
-                        self._record(task_id, attempt, outcome)
-                        decisions += self.scheduler.finish(task_id, outcome.ok)
-                    decisions += self.scheduler.dispatch()
-                    jobs = self._apply(decisions)
-                self.reporter.events(committed)
-                self._launch(jobs)
+                # Group commit: every message that has arrived by now goes into one transaction.
+                messages = [get.result()]
+                while not self._inbox.empty():
+                    messages.append(self._inbox.get_nowait())
+                self._step(messages)
+                if self._halt:
+                    break
         finally:
             stop_wait.cancel()
             if self._running:
-                status = "interrupted"
-                await self._cancel_running()
+                if not self._halt:
+                    status = "interrupted"
+                await self._cancel_running("interrupted" if not self._halt else "stopped")
         if status == "done" and any(s.value in ("failed", "skipped") for s in self.scheduler.state):
             status = "failed"
         end = self.clock()
         with self.journal.transaction() as committed:
+            self.journal.write_timings(self.run_id, self.timings.export())
             self.journal.event(self.run_id, Event("run_ended", end, data={"status": status}))
             self.journal.end_run(self.run_id, status, end)
         self.reporter.events(committed)
@@ -227,18 +319,50 @@ class Engine:
         self.reporter.run_ended(summary)
         return summary
 
+    def _step(self, messages: list[tuple[str, str, int, Outcome | None]]) -> None:
+        ended = [(tid, n, o) for kind, tid, n, o in messages if kind == "end" and o is not None]
+        woken = [tid for kind, tid, _, _ in messages if kind == "wake"]
+        for tid, _, _ in ended:
+            self._running.pop(tid, None)
+        verdicts: dict[str, list[str]] = {}
+        touched: dict[str, list[str]] = {}
+        if ended and self.watcher is not None:
+            with self.timings("ownership"):
+                verdicts, touched = self._check_files([tid for tid, _, _ in ended])
+        t0 = time.perf_counter()
+        with self.journal.transaction() as committed:
+            self._write_pgids()
+            decisions: list[Decision] = []
+            for tid, attempt, outcome in ended:
+                decisions += self._conclude(
+                    tid, attempt, outcome, verdicts.get(tid), touched.get(tid, [])
+                )
+            for tid in woken:
+                if not self._halt:
+                    decisions += self.scheduler.wake(tid)
+            if not self._halt:
+                t1 = time.perf_counter()
+                decisions += self.scheduler.dispatch()
+                self.timings.add("dispatch", time.perf_counter() - t1)
+            jobs = self._apply(decisions)
+        self.timings.add("journal", time.perf_counter() - t0)
+        self.reporter.events(committed)
+        self._launch(jobs)
+
     def stop(self) -> None:
         self._stop.set()
 
-    async def _cancel_running(self) -> None:
+    async def _cancel_running(self, why: str) -> None:
         tasks = list(self._running.values())
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         now = self.clock()
         with self.journal.transaction() as committed:
+            self._write_pgids()
             for task_id in list(self._running):
                 attempt = self.attempt_no[task_id]
+                self._restore_before(task_id)
                 self.journal.attempt_ended(
                     self.run_id,
                     task_id,
@@ -247,19 +371,33 @@ class Engine:
                     started=now,
                     ended=now,
                     exit_code=None,
-                    error="interrupted",
+                    error=why,
                 )
-                self.journal.task_ended(
-                    self.run_id, task_id, "interrupted", now, cause="interrupted"
-                )
+                self.journal.task_ended(self.run_id, task_id, "interrupted", now, cause=why)
                 self.journal.event(self.run_id, Event("task_interrupted", now, task=task_id))
         self._running.clear()
         self.reporter.events(committed)
 
-    def _record(self, task_id: str, attempt: int, o: Outcome) -> None:
+    # ------------------------------------------------------------ outcomes
+
+    def _conclude(
+        self,
+        tid: str,
+        attempt: int,
+        o: Outcome,
+        violation: list[str] | None,
+        touched: list[str],
+    ) -> list[Decision]:
+        """Journal one ended attempt and decide: done, retry, run alone later, or failed."""
+        rid = self.run_id
+        rules = self.rules[tid]
+        spec = self.plan.by_id[tid]
+        if violation:
+            shown = ", ".join(violation[:10]) + (" ..." if len(violation) > 10 else "")
+            o.status, o.error = "violation", f"ownership violation: wrote {shown}"
         self.journal.attempt_ended(
-            self.run_id,
-            task_id,
+            rid,
+            tid,
             attempt,
             status=o.status,
             started=o.started,
@@ -267,21 +405,143 @@ class Engine:
             exit_code=o.exit_code,
             error=o.error,
         )
-        state = "done" if o.ok else "failed"
-        if o.ok and o.result is not None:
-            self.results[task_id] = o.result
-        self.journal.task_ended(
-            self.run_id, task_id, state, o.ended, result=o.result, cause=None if o.ok else o.error
-        )
-        data: dict[str, Any] = {"status": o.status, "duration": round(o.ended - o.started, 6)}
+        data: dict[str, Any] = {
+            "status": o.status,
+            "attempt": attempt,
+            "duration": round(o.ended - o.started, 6),
+        }
         if o.exit_code is not None:
             data["exit_code"] = o.exit_code
         if o.error:
             data["error"] = o.error
-        self.journal.event(
-            self.run_id,
-            Event("task_finished", o.ended, task=task_id, instance=None, data=data),
-        )
+        if o.ok:
+            self.results[tid] = o.result or ""
+            owned = list(spec.files)
+            if tid in self.widened:
+                extra = sorted(set(touched) - set(spec.files))
+                if extra:
+                    self.extra_files[tid] = extra
+                    data["extra_files"] = extra
+                owned += extra
+            if spec.files:
+                self.journal.snapshot_after(rid, tid, attempt, self.store.capture(spec.files))
+            if self.baseline is not None:
+                for path in {*owned, *touched}:
+                    self.baseline.accept(path)
+            self.journal.completed(rid, tid, attempt, o.ended)
+            self.journal.task_ended(rid, tid, "done", o.ended, result=o.result)
+            self.journal.event(rid, Event("task_finished", o.ended, task=tid, data=data))
+            return self.scheduler.finish(tid, True)
+        # Every failed attempt leaves the files as they were before it.
+        self._restore_before(tid, extra=touched if tid in self.widened else ())
+        if violation and rules.on_violation == "sequential" and tid not in self.widened:
+            self.widened.add(tid)
+            self.journal.task_ended(rid, tid, "waiting", o.ended, cause=o.error)
+            data["then"] = "run alone at the end of the phase"
+            self.journal.event(rid, Event("task_sequential", o.ended, task=tid, data=data))
+            return self.scheduler.finish(tid, False, solo=True)
+        if not violation and rules.retry.should_retry(attempt, o.status, o.exit_code):
+            delay = rules.retry.delay(attempt, self.rng)
+            data["retry_in"] = round(delay, 3)
+            self.journal.task_ended(rid, tid, "retrying", o.ended, cause=o.error)
+            self.journal.event(rid, Event("task_retry", o.ended, task=tid, data=data))
+            asyncio.get_running_loop().call_later(delay, self._wake, tid)
+            return self.scheduler.finish(tid, False, retry=True)
+        self.journal.task_ended(rid, tid, "failed", o.ended, cause=o.error)
+        self.journal.event(rid, Event("task_finished", o.ended, task=tid, data=data))
+        decisions = self.scheduler.finish(tid, False)
+        if self.settings.fail_fast:
+            self._halt = True
+            decisions += self.scheduler.abandon(f"stopped: task {tid!r} failed (fail-fast)")
+        elif self.settings.isolation == "scope" and spec.scope is not None:
+            decisions += self.scheduler.abandon(
+                f"scope {spec.scope!r} stopped: task {tid!r} failed", scope=spec.scope
+            )
+        return decisions
+
+    def _wake(self, tid: str) -> None:
+        self._inbox.put_nowait(("wake", tid, 0, None))
+
+    def _restore_before(self, tid: str, extra: Iterable[str] = ()) -> None:
+        """Partial rollback: the task's files go back to what they were before its attempt."""
+        manifest = self.before.get(tid)
+        if manifest:
+            with self.timings("rollback"):
+                self.store.restore(manifest)
+        if self.baseline is not None:
+            for path in extra:
+                if path not in (manifest or {}) and self.baseline.differs(path):
+                    self.baseline.restore(path)
+
+    # ------------------------------------------------------------ ownership
+
+    def _allowed(self, tid: str, path: str) -> bool:
+        if tid in self.widened or any(p.match(path) for p in self._ignore):
+            return True
+        if path in self.plan.by_id[tid].files:
+            return True
+        return any(p.match(path) for p in self.rules[tid].writes)
+
+    def _check_files(self, ended: list[str]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """Find writes outside what the tasks own; undo them, and blame when we can.
+
+        Returns (violations by task, paths each ended task touched that it may touch).
+        """
+        assert self.watcher is not None and self.baseline is not None
+        changed = self.watcher.take()
+        if changed is None:  # the watcher fell behind: compare the whole tree instead
+            changed = self._rescan()
+        changed |= self._carry
+        self._carry = set()
+        still = set(self._running)
+        suspects = self._ran_since_check | set(ended)
+        touched: dict[str, list[str]] = {t: [] for t in ended}
+        stray: list[str] = []
+        for path in sorted(changed):
+            if any(p.match(path) for p in self._ignore):
+                continue
+            if any(self._allowed(t, path) for t in still):
+                self._carry.add(path)  # judged when its owner ends
+                continue
+            owners = [t for t in ended if self._allowed(t, path)]
+            if owners:
+                for t in owners:
+                    touched[t].append(path)
+                continue
+            if self.baseline.differs(path):
+                stray.append(path)
+        self._ran_since_check = set(still)
+        verdicts: dict[str, list[str]] = {}
+        if stray:
+            for path in stray:
+                self.baseline.restore(path)
+            if len(suspects) == 1:
+                verdicts[next(iter(suspects))] = stray
+            else:
+                now = self.clock()
+                with self.journal.transaction() as committed:
+                    self.journal.event(
+                        self.run_id,
+                        Event(
+                            "stray_changes_undone",
+                            now,
+                            data={"paths": stray, "running": sorted(suspects)},
+                        ),
+                    )
+                self.reporter.events(committed)
+        return verdicts, touched
+
+    def _rescan(self) -> set[str]:
+        assert self.baseline is not None
+        seen = {}
+        for rel, st in walk(self.p.root):
+            seen[rel] = Stat.of(st)
+        index = self.baseline.index
+        changed = {p for p, s in seen.items() if index.get(p) != s}
+        changed |= set(index) - set(seen)
+        return changed
+
+    # ------------------------------------------------------------ decisions
 
     def _apply(self, decisions: list[Decision]) -> list[Job]:
         """Journal the scheduler's decisions; return the attempts to launch after commit."""
@@ -291,24 +551,37 @@ class Engine:
             if isinstance(d, Started):
                 job = self._job(d)
                 jobs.append(job)
+                attempt = job.context.attempt
                 self.journal.task_started(
                     rid,
                     d.task,
-                    job.context.attempt,
+                    attempt,
                     d.instance,
                     d.stolen_from,
                     d.time,
                     str(job.stdout_path),
                     str(job.stderr_path),
                 )
-                data = {"stolen_from": d.stolen_from} if d.stolen_from else None
+                files = self.plan.by_id[d.task].files
+                if files:
+                    with self.timings("snapshot"):
+                        manifest = self.store.capture(files)
+                    self.before[d.task] = manifest
+                    self.journal.snapshot_before(rid, d.task, attempt, manifest)
+                else:
+                    self.before.pop(d.task, None)
+                if d.task in self.widened:
+                    self._ran_since_check.add(d.task)
+                data: dict[str, Any] = {"attempt": attempt}
+                if d.stolen_from:
+                    data["stolen_from"] = d.stolen_from
+                if d.task in self.widened:
+                    data["alone"] = True
                 self.journal.event(rid, Event("task_started", d.time, d.task, d.instance, data))
             elif isinstance(d, Skipped):
-                self.journal.task_ended(
-                    rid, d.task, "skipped", d.time, cause=f"dependency {d.cause!r} failed"
-                )
+                self.journal.task_ended(rid, d.task, "skipped", d.time, cause=d.reason)
                 self.journal.event(
-                    rid, Event("task_skipped", d.time, d.task, data={"cause": d.cause})
+                    rid, Event("task_skipped", d.time, d.task, data={"cause": d.reason})
                 )
             elif isinstance(d, Spawned):
                 self.journal.instance_spawned(rid, d.instance, d.specialist, d.time)
@@ -327,8 +600,8 @@ class Engine:
 
     def _launch(self, jobs: list[Job]) -> None:
         for job in jobs:
-            ctx = job.context
-            self._running[ctx.task_id] = asyncio.create_task(self._attempt(job))
+            self._running[job.context.task_id] = asyncio.create_task(self._attempt(job))
+            self._ran_since_check.add(job.context.task_id)
 
     async def _attempt(self, job: Job) -> None:
         ctx = job.context
@@ -338,10 +611,9 @@ class Engine:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a runner bug must not hang the run: fail the attempt
-            outcome = Outcome(
-                "error", self.clock(), self.clock(), error=f"{type(exc).__name__}: {exc}"
-            )
-        self._done.put_nowait((ctx.task_id, ctx.attempt, outcome))
+            now = self.clock()
+            outcome = Outcome("error", now, now, error=f"{type(exc).__name__}: {exc}")
+        self._inbox.put_nowait(("end", ctx.task_id, ctx.attempt, outcome))
 
     # ------------------------------------------------------------ jobs
 
@@ -471,12 +743,18 @@ async def run_async(
 
 
 async def run_prepared(
-    prepared: Prepared, *, reporter: Reporter | None = None, handle_signals: bool = True
+    prepared: Prepared,
+    *,
+    reporter: Reporter | None = None,
+    handle_signals: bool = True,
+    run_id: str | None = None,
+    resume: ResumeState | None = None,
+    crash_after_commit: int | None = None,
 ) -> Summary:
     """Run an already prepared plan; Ctrl-C and SIGTERM stop it cleanly (exit code 130)."""
-    journal = Journal(journal_path(prepared.root))
+    journal = Journal(journal_path(prepared.root), crash_after_commit=crash_after_commit)
     try:
-        engine = Engine(prepared, journal, reporter=reporter)
+        engine = Engine(prepared, journal, reporter=reporter, run_id=run_id, resume=resume)
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
         if handle_signals:

@@ -26,7 +26,7 @@ from typing import Any
 
 from ._errors import UsageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -109,6 +109,23 @@ CREATE TABLE IF NOT EXISTS timings (   -- engine steps, timed: the coordination 
     count INTEGER NOT NULL,
     PRIMARY KEY (run_id, step)
 );
+CREATE TABLE IF NOT EXISTS snapshots (  -- owned files before (and after) each attempt
+    run_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    before TEXT,                     -- blob in .guildrun/objects; NULL: the file did not exist
+    after TEXT,                      -- set when the attempt succeeded
+    PRIMARY KEY (run_id, task_id, attempt, path)
+);
+CREATE TABLE IF NOT EXISTS completions (  -- order in which tasks finished, for rollback
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    time REAL NOT NULL,
+    rolled_back REAL
+);
 CREATE INDEX IF NOT EXISTS events_by_run ON events(run_id, seq);
 CREATE INDEX IF NOT EXISTS samples_by_run ON samples(run_id, time);
 CREATE INDEX IF NOT EXISTS instances_by_run ON instances(run_id, name);
@@ -145,8 +162,13 @@ def new_run_id() -> str:
 
 
 class Journal:
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, readonly: bool = False, crash_after_commit: int | None = None
+    ) -> None:
         self.path = path
+        # Test hook for power-loss tests: die right after the k-th commit of this process.
+        self._crash_after = crash_after_commit
+        self._commits = 0
         if readonly:
             if not path.exists():
                 raise UsageError(f"no runs yet: {path} does not exist")
@@ -157,12 +179,13 @@ class Journal:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA busy_timeout=10000")
-            if self.db.execute("PRAGMA user_version").fetchone()[0] == 0:
+            if self.db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                # Every statement is CREATE ... IF NOT EXISTS: older journals gain new tables.
                 self.db.executescript(_SCHEMA)
                 self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self.db.row_factory = sqlite3.Row
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
+        if version > SCHEMA_VERSION:
             raise UsageError(f"{path}: journal schema {version} is not {SCHEMA_VERSION}")
         self._pending: list[Event] = []
 
@@ -182,6 +205,9 @@ class Journal:
             raise
         else:
             self.db.execute("COMMIT")
+            self._commits += 1
+            if self._crash_after is not None and self._commits >= self._crash_after:
+                os._exit(137)
         finally:
             self._pending = []
 
@@ -310,6 +336,58 @@ class Journal:
             "UPDATE instances SET retired=? WHERE seq = (SELECT MAX(seq) FROM instances"
             " WHERE run_id=? AND name=? AND retired IS NULL)",
             (now, run_id, name),
+        )
+
+    def snapshot_before(
+        self, run_id: str, task: str, attempt: int, manifest: dict[str, str | None]
+    ) -> None:
+        self.db.executemany(
+            "INSERT OR REPLACE INTO snapshots(run_id, task_id, attempt, path, before)"
+            " VALUES (?,?,?,?,?)",
+            [(run_id, task, attempt, path, blob) for path, blob in manifest.items()],
+        )
+
+    def snapshot_after(
+        self, run_id: str, task: str, attempt: int, manifest: dict[str, str | None]
+    ) -> None:
+        self.db.executemany(
+            "UPDATE snapshots SET after=? WHERE run_id=? AND task_id=? AND attempt=? AND path=?",
+            [(blob, run_id, task, attempt, path) for path, blob in manifest.items()],
+        )
+
+    def snapshot(self, run_id: str, task: str, attempt: int) -> list[sqlite3.Row]:
+        return list(
+            self.db.execute(
+                "SELECT * FROM snapshots WHERE run_id=? AND task_id=? AND attempt=? ORDER BY path",
+                (run_id, task, attempt),
+            )
+        )
+
+    def completed(self, run_id: str, task: str, attempt: int, now: float) -> None:
+        self.db.execute(
+            "INSERT INTO completions(run_id, task_id, attempt, time) VALUES (?,?,?,?)",
+            (run_id, task, attempt, now),
+        )
+
+    def completions(self, run_id: str) -> list[sqlite3.Row]:
+        return list(
+            self.db.execute("SELECT * FROM completions WHERE run_id=? ORDER BY seq", (run_id,))
+        )
+
+    def mark_rolled_back(self, seq: int, now: float) -> None:
+        self.db.execute("UPDATE completions SET rolled_back=? WHERE seq=?", (now, seq))
+
+    def write_timings(self, run_id: str, timings: dict[str, tuple[float, int]]) -> None:
+        self.db.executemany(
+            "INSERT INTO timings(run_id, step, seconds, count) VALUES (?,?,?,?)"
+            " ON CONFLICT(run_id, step) DO UPDATE SET seconds=seconds+excluded.seconds,"
+            " count=count+excluded.count",
+            [(run_id, step, sec, n) for step, (sec, n) in timings.items()],
+        )
+
+    def set_status(self, run_id: str, status: str) -> None:
+        self.db.execute(
+            "UPDATE runs SET status=?, ended=NULL, pid=? WHERE id=?", (status, os.getpid(), run_id)
         )
 
     def end_run(self, run_id: str, status: str, now: float) -> None:

@@ -23,6 +23,7 @@ from pydantic.json_schema import SkipJsonSchema
 from . import _templates as tpl
 from ._errors import PlanError
 from ._paths import glob_to_regex, normalize_owned_path
+from ._retry import RetrySettings
 from ._settings import Settings
 
 PHASES: tuple[str, ...] = ("research", "planning", "implementation", "validation")
@@ -73,6 +74,13 @@ class Specialist(BaseModel):
     )
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
     timeout: float | None = Field(default=None, gt=0, description="Default task timeout (s).")
+    retry: RetrySettings | None = Field(default=None, description="Overrides settings.retry.")
+    writes: list[str] = Field(
+        default_factory=list, description="Globs its tasks may also write (an index, a lock file)."
+    )
+    on_violation: Literal["fail", "sequential"] | None = Field(
+        default=None, description="Overrides settings.on_violation."
+    )
     func: SkipJsonSchema[Callable[..., Any] | None] = Field(default=None, exclude=True)
 
     @field_validator("env", mode="before")
@@ -106,6 +114,11 @@ class Task(BaseModel):
     timeout: float | None = Field(default=None, gt=0, description="Seconds before it is stopped.")
     estimate: float | None = Field(
         default=None, ge=0, description="Expected seconds, for longest-first and simulation."
+    )
+    retry: RetrySettings | None = Field(default=None, description="Overrides the specialist's.")
+    writes: list[str] = Field(default_factory=list, description="Globs it may also write.")
+    on_violation: Literal["fail", "sequential"] | None = Field(
+        default=None, description="Overrides the specialist's."
     )
 
     @field_validator("id", "specialist", "scope", mode="before")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-Status = Literal["ok", "failed", "timeout", "error", "cancelled"]
+Status = Literal["ok", "failed", "timeout", "error", "cancelled", "violation"]
 RESULT_LIMIT = 1 << 20  # a result kept in the journal is cut at 1 MiB
 
 

@@ -92,7 +92,8 @@ class Started:
 @dataclass(frozen=True, slots=True)
 class Skipped:
     task: str
-    cause: str
+    cause: str  # the task whose failure led here, or "" when the run was stopped
+    reason: str
     time: float
 
 
@@ -179,6 +180,7 @@ class Instance:
     running: int | None = None
     remaining: int = 0  # cards still in the pile (not started, not ended)
     next_position: int = 0
+    front_position: int = 0  # retries go back on the pile before everything else
     ready_front: list[tuple[int, int]] = field(default_factory=list)  # (position, task)
     ready_back: list[tuple[int, int]] = field(default_factory=list)  # (-position, task)
 
@@ -199,6 +201,7 @@ class Scheduler:
         strategy: Distribution | None = None,
         clock: Callable[[], float] = lambda: 0.0,
         done: Iterable[str] = (),
+        final: Mapping[str, str] | None = None,
     ) -> None:
         self.plan = plan
         self.tasks: Sequence[TaskSpec] = plan.tasks
@@ -245,15 +248,22 @@ class Scheduler:
         self.running_by: dict[str, int] = dict.fromkeys(plan.specialists, 0)
         self._out: list[Decision] = []
         self._terminal_count = 0
+        self._sleeping: set[int] = set()
+        self._solo: list[int] = []
+        # A resumed run: tasks already done (and failed or skipped ones kept as they were).
+        kept = {tid: State(s) for tid, s in (final or {}).items()}
         for tid in done:
+            kept[tid] = State.DONE
+        for tid, st in kept.items():
             i = by_id[tid].index
-            self.state[i] = State.DONE
+            self.state[i] = st
             self._terminal_count += 1
             self._phase_left[self.tasks[i].phase_rank] -= 1
-        for tid in done:
+        for tid, st in kept.items():
             i = by_id[tid].index
-            for c in self._children[i]:
-                self._unmet[c] -= 1
+            if st is State.DONE:
+                for c in self._children[i]:
+                    self._unmet[c] -= 1
             self._release(i)
         self._advance_phase()
 
@@ -313,10 +323,33 @@ class Scheduler:
                 progressed = True
             if not progressed:
                 break
+        self._start_solo()
         return self._drain()
 
-    def finish(self, task_id: str, ok: bool) -> list[Decision]:
-        """Record that a running task ended; returns the skips, retirements and phase changes."""
+    def _start_solo(self) -> None:
+        """At the end of a phase, run the tasks that must run alone, one at a time."""
+        if not self._solo or self.running or self._phase_left[self.phase_rank] != len(self._solo):
+            return
+        i = self._solo.pop(0)
+        spec = self.tasks[i].specialist
+        for inst in list(self._by_name.values()):
+            if inst.idle and inst.remaining == 0:
+                self._retire(inst)
+        inst = self._spawn(spec)
+        self.state[i] = State.READY
+        self._ready_count[spec] += 1
+        self._start(inst, i, None)
+
+    def finish(
+        self, task_id: str, ok: bool, *, retry: bool = False, solo: bool = False
+    ) -> list[Decision]:
+        """Record that a running task ended; returns the skips, retirements and phase changes.
+
+        `retry`: it failed but will be tried again once `wake` is called; it goes back on
+        its instance's pile, first, and keeps its place for the files it owns, while the
+        instance is free for other work meanwhile. `solo`: run it again alone, with
+        nothing else running, at the end of its phase (the fallback to sequential).
+        """
         i = self.plan.by_id[task_id].index
         if self.state[i] is not State.RUNNING:
             raise ValueError(f"task {task_id!r} is {self.state[i].value}, not running")
@@ -324,6 +357,19 @@ class Scheduler:
         inst.running = None
         self.running -= 1
         self.running_by[inst.specialist] -= 1
+        if retry or solo:
+            self.state[i] = State.WAITING
+            if solo:
+                self._solo.append(i)
+            else:
+                self._sleeping.add(i)
+                inst.front_position -= 1
+                self._position[i] = inst.front_position
+                self._owner[i] = inst
+                inst.remaining += 1
+                self._remaining[inst.specialist] += 1
+            self._retire_idle()
+            return self._drain()
         self._end(i, State.DONE if ok else State.FAILED)
         if ok:
             for c in self._children[i]:
@@ -335,7 +381,40 @@ class Scheduler:
         self._advance_phase()
         return self._drain()
 
+    def wake(self, task_id: str) -> list[Decision]:
+        """A retry's backoff is over: the task may be picked again."""
+        i = self.plan.by_id[task_id].index
+        self._sleeping.discard(i)
+        self._check_ready(i)
+        return self._drain()
+
+    def abandon(self, reason: str, scope: str | None = None) -> list[Decision]:
+        """Skip every task not started yet, of one scope or of the whole run.
+
+        Their dependents follow them. Running tasks are the engine's to stop or finish.
+        """
+        for t in self.tasks:
+            i = t.index
+            if self.state[i] not in (State.WAITING, State.READY):
+                continue
+            if scope is not None and t.scope != scope:
+                continue
+            self._drop(i, "", reason)
+        self._retire_idle()
+        self._advance_phase()
+        return self._drain()
+
     # -------------------------------------------------------------- internals
+
+    def _drop(self, i: int, cause: str, reason: str) -> None:
+        self._unqueue(i)
+        self._sleeping.discard(i)
+        if i in self._solo:
+            self._solo.remove(i)
+        self.cause[i] = cause
+        self._end(i, State.SKIPPED)
+        self._out.append(Skipped(self.tasks[i].id, cause, reason, self.clock()))
+        self._skip_dependents(i, cause or self.tasks[i].id)
 
     def _drain(self) -> list[Decision]:
         out, self._out = self._out, []
@@ -363,14 +442,18 @@ class Scheduler:
 
     def _skip_dependents(self, i: int, cause: str) -> None:
         stack = list(self._children[i])
+        reason = f"dependency {cause!r} failed"
         while stack:
             c = stack.pop()
             if self.state[c].terminal or self.state[c] is State.RUNNING:
                 continue
             self._unqueue(c)
+            self._sleeping.discard(c)
+            if c in self._solo:
+                self._solo.remove(c)
             self.cause[c] = cause
             self._end(c, State.SKIPPED)
-            self._out.append(Skipped(self.tasks[c].id, cause, self.clock()))
+            self._out.append(Skipped(self.tasks[c].id, cause, reason, self.clock()))
             stack.extend(self._children[c])
 
     def _unqueue(self, i: int) -> None:
@@ -392,6 +475,8 @@ class Scheduler:
             and self._unmet[i] == 0
             and self._blocked[i] == 0
             and self.tasks[i].phase_rank == self.phase_rank
+            and i not in self._sleeping
+            and i not in self._solo
         ):
             self.state[i] = State.READY
             self._ready_count[self.tasks[i].specialist] += 1

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._errors import UsageError
+from ._retry import RetrySettings
 
 Strategy = Literal["work-stealing", "round-robin"]
 STRATEGIES: tuple[str, ...] = ("work-stealing", "round-robin")
@@ -51,7 +52,38 @@ class Settings(BaseModel):
         ge=0,
         description="Seconds between SIGTERM and SIGKILL when a task is stopped.",
     )
+    retry: RetrySettings = Field(
+        default_factory=RetrySettings,
+        description="Retries with exponential backoff; specialists and tasks may refine it.",
+    )
+    isolation: Literal["none", "scope"] = Field(
+        default="none",
+        description="'scope': a task that fails for good stops the rest of its scope.",
+    )
+    fail_fast: bool = Field(default=False, description="Stop everything at the first failure.")
+    ownership: bool = Field(
+        default=True,
+        description="Catch and undo writes outside the files a task owns (and its `writes`).",
+    )
+    ignore: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_IGNORE),
+        description="Globs that any task may write without it counting (caches, build output).",
+    )
+    on_violation: Literal["fail", "sequential"] = Field(
+        default="fail",
+        description=(
+            "A task that wrote outside its files: 'fail' it, or roll it back and run it again "
+            "alone at the end of its phase ('sequential')."
+        ),
+    )
 
+
+DEFAULT_IGNORE = (
+    "**/__pycache__/**",
+    ".pytest_cache/**",
+    ".mypy_cache/**",
+    ".ruff_cache/**",
+)
 
 _ENV = {
     "per_agent_type": "GUILDRUN_PER_AGENT_TYPE",

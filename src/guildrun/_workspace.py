@@ -1,0 +1,340 @@
+"""A task's effect on the files, as a unit that can be captured, checked and undone.
+
+Three pieces:
+- `Store`: content-addressed blobs under .guildrun/objects, deduplicated. A manifest
+  maps paths to blob hashes (None: the file did not exist), so "the files before this
+  task" is a small dict and restoring it is exact, in a folder that is not a git
+  repository too.
+- `Baseline`: where the content of any file at run start can be found again (git's
+  HEAD for tracked, unmodified files of a repository; the store for everything else),
+  so a stray write to a file nobody owns can be undone.
+- `Watcher`: which paths changed since the last check, learnt from inotify (through
+  watchdog) instead of rescanning the tree after every task. A barrier file makes a
+  check see every event that happened before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._paths import STATE_DIR
+
+Manifest = dict[str, str | None]
+_SKIP = (".git", STATE_DIR)
+
+
+class Store:
+    """Blobs by sha256; writing the same content twice costs a stat."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.dir = root / STATE_DIR / "objects"
+
+    def _blob(self, digest: str) -> Path:
+        return self.dir / digest[:2] / digest[2:]
+
+    def put_bytes(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        blob = self._blob(digest)
+        if not blob.exists():
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            tmp = blob.with_name(f"{blob.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, blob)
+        return digest
+
+    def get(self, digest: str) -> bytes:
+        return self._blob(digest).read_bytes()
+
+    def capture(self, paths: Iterable[str]) -> Manifest:
+        """The current content of `paths` (relative to the root) as a manifest."""
+        out: Manifest = {}
+        for rel in paths:
+            try:
+                data = (self.root / rel).read_bytes()
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                out[rel] = None
+                continue
+            out[rel] = self.put_bytes(data)
+        return out
+
+    def digest_of(self, rel: str) -> str | None:
+        try:
+            return hashlib.sha256((self.root / rel).read_bytes()).hexdigest()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+
+    def restore(self, manifest: Mapping[str, str | None]) -> list[str]:
+        """Make the files what the manifest says; returns the paths that changed."""
+        changed: list[str] = []
+        for rel, digest in manifest.items():
+            if self.digest_of(rel) == digest:
+                continue
+            write_file(self.root, rel, None if digest is None else self.get(digest))
+            changed.append(rel)
+        return changed
+
+
+def write_file(root: Path, rel: str, data: bytes | None) -> None:
+    """Write (or with None, delete) one file atomically, pruning folders it leaves empty."""
+    path = root / rel
+    if data is None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        parent = path.parent
+        while parent != root:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.guildrun-{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """Every regular file below root except .git and .guildrun, with its stat."""
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if folder == root and entry.name in _SKIP:
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    rel = os.path.relpath(entry.path, root).replace(os.sep, "/")
+                    yield rel, entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+
+
+@dataclass(frozen=True)
+class Stat:
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Stat:
+        return cls(st.st_size, st.st_mtime_ns)
+
+
+class Baseline:
+    """The content every file had when the run started (or when guildrun last accepted it)."""
+
+    def __init__(self, root: Path, store: Store) -> None:
+        self.root = root
+        self.store = store
+        self.index: dict[str, Stat] = {}
+        self.content: dict[str, str] = {}  # path -> blob, for files not recoverable from git
+        self.git_blobs: dict[str, str] = {}  # path -> git blob id at HEAD, for clean files
+
+    @classmethod
+    def take(cls, root: Path, store: Store) -> Baseline:
+        self = cls(root, store)
+        tracked, dirty = _git_state(root)
+        for rel, st in walk(root):
+            self.index[rel] = Stat.of(st)
+            if rel in tracked and rel not in dirty:
+                self.git_blobs[rel] = tracked[rel]
+            else:
+                self.content[rel] = store.capture([rel])[rel] or ""
+        return self
+
+    def current(self, rel: str) -> Stat | None:
+        try:
+            st = (self.root / rel).stat()
+        except OSError:
+            return None
+        return Stat.of(st) if not _is_dir(st) else None
+
+    def differs(self, rel: str) -> bool:
+        """Cheap first: size and mtime; a hash only when those changed but content may not."""
+        now = self.current(rel)
+        before = self.index.get(rel)
+        if now is None or before is None:
+            return (now is None) != (before is None)
+        if now == before:
+            return False
+        old = self.content.get(rel) or self._git_digest(rel)
+        return old != self.store.digest_of(rel)
+
+    def original(self, rel: str) -> bytes | None:
+        if rel not in self.index:
+            return None
+        if rel in self.content:
+            return self.store.get(self.content[rel])
+        out = subprocess.run(
+            ["git", "cat-file", "blob", self.git_blobs[rel]],
+            cwd=self.root,
+            capture_output=True,
+            check=True,
+        )
+        return out.stdout
+
+    def _git_digest(self, rel: str) -> str | None:
+        data = self.original(rel)
+        return None if data is None else hashlib.sha256(data).hexdigest()
+
+    def restore(self, rel: str) -> None:
+        write_file(self.root, rel, self.original(rel))
+        self.accept(rel)
+
+    def accept(self, rel: str) -> None:
+        """The file's current content is now the one to return to (a task owned it)."""
+        now = self.current(rel)
+        if now is None:
+            self.index.pop(rel, None)
+            self.content.pop(rel, None)
+            self.git_blobs.pop(rel, None)
+            return
+        self.index[rel] = now
+        self.git_blobs.pop(rel, None)
+        self.content[rel] = self.store.capture([rel])[rel] or ""
+
+
+def _is_dir(st: os.stat_result) -> bool:
+    import stat
+
+    return stat.S_ISDIR(st.st_mode)
+
+
+def _git_state(root: Path) -> tuple[dict[str, str], set[str]]:
+    """Tracked files with their blob ids, and the files that differ from HEAD."""
+    if not (root / ".git").exists():
+        return {}, set()
+    try:
+        ls = subprocess.run(
+            ["git", "ls-files", "-s", "-z"], cwd=root, capture_output=True, check=True
+        )
+        st = subprocess.run(
+            ["git", "status", "--porcelain", "-z", "--untracked-files=all"],
+            cwd=root,
+            capture_output=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return {}, set()
+    tracked: dict[str, str] = {}
+    for rec in ls.stdout.split(b"\0"):
+        if not rec:
+            continue
+        meta, _, path = rec.partition(b"\t")
+        tracked[os.fsdecode(path)] = meta.split()[1].decode()
+    dirty = {os.fsdecode(r[3:]) for r in st.stdout.split(b"\0") if len(r) > 3}
+    return tracked, dirty
+
+
+class Watcher:
+    """Paths changed under the root since the last `take()`, from inotify.
+
+    The observer thread only adds to a set; the engine swaps the set out at each check.
+    A check first writes a barrier file and waits until the observer reports it, so
+    every change made before the check is in the set it returns.
+    """
+
+    def __init__(self, root: Path) -> None:
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        # watchdog logs a harmless race at stop as an error; it is not the user's concern.
+        logging.getLogger("watchdog.observers.inotify").setLevel(logging.CRITICAL)
+        self.root = root
+        self._changed: set[str] = set()
+        self._lock = threading.Lock()
+        self._barrier_seen = threading.Condition(self._lock)
+        self._barrier_dir = root / STATE_DIR / "barrier"
+        self._barrier_dir.mkdir(parents=True, exist_ok=True)
+        self._barrier_prefix = str(self._barrier_dir) + os.sep
+        self._seen_token = 0
+        self._token = 0
+        root_s = str(root) + os.sep
+        skip = tuple(root_s + s for s in _SKIP)
+        watcher = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                for raw in (event.src_path, getattr(event, "dest_path", "")):
+                    p = os.fsdecode(raw)
+                    if not p:
+                        continue
+                    if p.startswith(watcher._barrier_prefix):
+                        name = p[len(watcher._barrier_prefix) :]
+                        if name.isdigit():
+                            with watcher._lock:
+                                watcher._seen_token = max(watcher._seen_token, int(name))
+                                watcher._barrier_seen.notify_all()
+                        continue
+                    if p.startswith(skip) or not p.startswith(root_s):
+                        continue
+                    if event.is_directory and event.event_type == "modified":
+                        continue
+                    rel = p[len(root_s) :].replace(os.sep, "/")
+                    with watcher._lock:
+                        watcher._changed.add(rel)
+                    if event.is_directory and "/" not in rel and event.event_type == "created":
+                        watcher._watch_new_top(p)
+
+        # .git and .guildrun are not watched at all: the engine's own writes and git's
+        # churn would cost the observer thread (and the GIL) for nothing.
+        self._handler = Handler()
+        self._watched: set[str] = set()
+        self.observer = Observer()
+        self.observer.schedule(self._handler, str(root), recursive=False)
+        self.observer.schedule(self._handler, str(self._barrier_dir), recursive=False)
+        for entry in os.scandir(root):
+            if entry.name not in _SKIP and entry.is_dir(follow_symlinks=False):
+                self._watch(entry.path)
+        self.observer.start()
+
+    def _watch(self, path: str) -> None:
+        if path not in self._watched:
+            self._watched.add(path)
+            self.observer.schedule(self._handler, path, recursive=True)
+
+    def _watch_new_top(self, path: str) -> None:
+        """A folder made at the top after the start: watch it, and count what it already holds."""
+        self._watch(path)
+        root_s = str(self.root) + os.sep
+        found = [rel for rel, _ in walk(self.root) if rel.startswith(path[len(root_s) :] + "/")]
+        with self._lock:
+            self._changed.update(found)
+
+    def take(self, timeout: float = 5.0) -> set[str] | None:
+        """Changed paths since the last call; None if the barrier was not seen in time."""
+        self._token += 1
+        token = self._token
+        barrier = self._barrier_dir / str(token)
+        barrier.write_bytes(b"")
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._seen_token < token:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._barrier_seen.wait(left)
+            out, self._changed = self._changed, set()
+        with contextlib.suppress(FileNotFoundError):
+            barrier.unlink()
+        return out
+
+    def stop(self) -> None:
+        self.observer.stop()
+        self.observer.join(timeout=5)
