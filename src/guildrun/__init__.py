@@ -9,6 +9,9 @@ private and may change.
     print(summary.speedup, summary.utilization)
 """
 
+import asyncio
+from typing import Any
+
 from ._engine import Reporter as Reporter
 from ._engine import run as run
 from ._engine import run_async as run_async
@@ -24,6 +27,11 @@ from ._plan import Specialist as Specialist
 from ._plan import Task as Task
 from ._plan import load_plan as load_plan
 from ._plan import plan_schema as plan_schema
+from ._resume import resume_async as resume_async
+from ._resume import rollback as rollback
+from ._retry import RetryPolicy as RetryPolicy
+from ._retry import wait_exponential as wait_exponential
+from ._retry import wait_random as wait_random
 from ._runners import TaskContext as TaskContext
 from ._schedule import Distribution as Distribution
 from ._schedule import RoundRobin as RoundRobin
@@ -31,6 +39,12 @@ from ._schedule import WorkStealing as WorkStealing
 from ._settings import Settings as Settings
 
 __version__ = "0.1.0"
+
+
+def resume(run_id: str | None = None, **kwargs: Any) -> Summary:
+    """Synchronous `resume_async`: continue an interrupted run."""
+    return asyncio.run(resume_async(run_id, **kwargs))
+
 
 __all__ = [
     "Distribution",
@@ -41,6 +55,7 @@ __all__ = [
     "Plan",
     "PlanError",
     "Reporter",
+    "RetryPolicy",
     "RoundRobin",
     "Settings",
     "Specialist",
@@ -52,6 +67,11 @@ __all__ = [
     "__version__",
     "load_plan",
     "plan_schema",
+    "resume",
+    "resume_async",
+    "rollback",
     "run",
     "run_async",
+    "wait_exponential",
+    "wait_random",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from functools import cached_property
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ._engine import Prepared, Reporter, prepare, run_prepared
 from ._errors import GuildrunError, UsageError
 from ._journal import Journal, journal_path
-from ._metrics import summarize
+from ._metrics import Summary, summarize
 from ._paths import find_root
 from ._plan import PHASES, plan_schema
 from ._schedule import Scheduler, distribution
@@ -71,10 +72,29 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--total-parallel", type=_positive, metavar="N")
         sp.add_argument("--strategy", choices=STRATEGIES)
 
+    def output_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+        sp.add_argument("--quiet", "-q", action="store_true", help="no progress, only the summary")
+
     r = sub.add_parser("run", help="run a plan")
     plan_args(r)
-    r.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    r.add_argument("--quiet", "-q", action="store_true", help="no progress, only the summary")
+    output_args(r)
+    r.add_argument("--fail-fast", action="store_true", help="stop everything at the first failure")
+
+    rsm = sub.add_parser("resume", help="continue an interrupted run (default: the latest)")
+    rsm.add_argument("run", nargs="?")
+    rsm.add_argument("--root")
+    rsm.add_argument(
+        "--retry-failed", action="store_true", help="run failed and skipped tasks again"
+    )
+    output_args(rsm)
+
+    rb = sub.add_parser("rollback", help="undo finished work of a run, newest first")
+    rb.add_argument("run")
+    rb.add_argument("--root")
+    which = rb.add_mutually_exclusive_group()
+    which.add_argument("--task", help="only this task")
+    which.add_argument("--scope", help="only the tasks of this scope")
 
     pl = sub.add_parser("plan", help="dry run: phases, instances and the initial assignment")
     plan_args(pl)
@@ -92,6 +112,14 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--root")
     st.add_argument("--json", action="store_true")
 
+    rp = sub.add_parser("report", help="HTML report of a run (default: the latest), or --json")
+    rp.add_argument("run", nargs="?")
+    rp.add_argument("--root")
+    rp.add_argument(
+        "--html", metavar="FILE", help="where to write it (default .guildrun/runs/RUN/report.html)"
+    )
+    rp.add_argument("--json", action="store_true", help="print the report data as JSON")
+
     sub.add_parser("schema", help="print the JSON Schema of plan files")
 
     d = sub.add_parser("demo", help="run the demo on a sample repository")
@@ -107,26 +135,32 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _prepare(args: argparse.Namespace) -> Prepared:
-    return prepare(
-        args.plan,
-        root=args.root,
-        overrides={
-            "per_agent_type": args.per_agent_type,
-            "total_parallel": args.total_parallel,
-            "strategy": args.strategy,
-        },
-    )
+    overrides: dict[str, Any] = {
+        "per_agent_type": args.per_agent_type,
+        "total_parallel": args.total_parallel,
+        "strategy": args.strategy,
+    }
+    if getattr(args, "fail_fast", False):
+        overrides["fail_fast"] = True
+    return prepare(args.plan, root=args.root, overrides=overrides)
 
 
-def _cmd_run(args: argparse.Namespace, con: _Consoles) -> int:
-    prepared = _prepare(args)
-    reporter: Reporter = Reporter()
-    if not args.quiet:
-        from ._display import LiveReporter, PlainReporter
+def _crash_hook() -> int | None:
+    """GUILDRUN_TEST_CRASH_AFTER_COMMIT=k: die right after the k-th journal commit (tests)."""
+    raw = os.environ.get("GUILDRUN_TEST_CRASH_AFTER_COMMIT")
+    return int(raw) if raw and raw.isdigit() else None
 
-        show = con.err if args.json else con.out
-        reporter = LiveReporter(show) if show.is_terminal else PlainReporter(show.file)
-    summary = asyncio.run(run_prepared(prepared, reporter=reporter))
+
+def _reporter(args: argparse.Namespace, con: _Consoles) -> Reporter:
+    if args.quiet:
+        return Reporter()
+    from ._display import LiveReporter, PlainReporter
+
+    show = con.err if args.json else con.out
+    return LiveReporter(show) if show.is_terminal else PlainReporter(show.file)
+
+
+def _finish(summary: Summary, args: argparse.Namespace, con: _Consoles) -> int:
     if args.json:
         print(json.dumps(summary.to_json()))
     else:
@@ -134,6 +168,40 @@ def _cmd_run(args: argparse.Namespace, con: _Consoles) -> int:
 
         print_summary(summary, con.out)
     return summary.exit_code
+
+
+def _cmd_run(args: argparse.Namespace, con: _Consoles) -> int:
+    prepared = _prepare(args)
+    summary = asyncio.run(
+        run_prepared(prepared, reporter=_reporter(args, con), crash_after_commit=_crash_hook())
+    )
+    return _finish(summary, args, con)
+
+
+def _cmd_resume(args: argparse.Namespace, con: _Consoles) -> int:
+    from ._resume import resume_async
+
+    summary = asyncio.run(
+        resume_async(
+            args.run,
+            root=args.root,
+            retry_failed=args.retry_failed,
+            reporter=_reporter(args, con),
+            crash_after_commit=_crash_hook(),
+        )
+    )
+    return _finish(summary, args, con)
+
+
+def _cmd_rollback(args: argparse.Namespace, out: Console) -> int:
+    from ._resume import rollback
+
+    undone = rollback(args.run, root=args.root, task=args.task, scope=args.scope)
+    if not undone:
+        out.print("nothing to roll back")
+    for tid in undone:
+        out.print(f"rolled back {tid}", highlight=False)
+    return 0
 
 
 def _cmd_plan(args: argparse.Namespace, out: Console) -> int:
@@ -251,6 +319,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd = args.command
         if cmd == "run":
             return _cmd_run(args, con)
+        if cmd == "resume":
+            return _cmd_resume(args, con)
+        if cmd == "rollback":
+            return _cmd_rollback(args, con.out)
         if cmd == "plan":
             return _cmd_plan(args, con.out)
         if cmd == "validate":
@@ -259,6 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_runs(args, con.out)
         if cmd == "status":
             return _cmd_status(args, con.out)
+        if cmd == "report":
+            from ._report import cmd_report
+
+            return cmd_report(args.root, args.run, args.html, args.json)
         if cmd == "schema":
             print(json.dumps(plan_schema(), indent=2))
             return 0

@@ -117,20 +117,28 @@ class ResumeState:
 
 
 class _Timings:
-    """Engine steps, timed: their sum is the coordination overhead of a run."""
+    """Engine steps, timed: their sum is the coordination overhead of a run.
+
+    Steps nest (a snapshot inside a journal transaction); each is charged only its own
+    time, so the sum counts every second once.
+    """
 
     def __init__(self) -> None:
         self.steps: dict[str, list[float]] = {}
+        self._stack: list[list[float]] = []  # [start, time spent in nested steps]
 
     @contextlib.contextmanager
     def __call__(self, step: str) -> Iterator[None]:
-        t0 = time.perf_counter()
+        frame = [time.perf_counter(), 0.0]
+        self._stack.append(frame)
         try:
             yield
         finally:
-            cell = self.steps.setdefault(step, [0.0, 0])
-            cell[0] += time.perf_counter() - t0
-            cell[1] += 1
+            self._stack.pop()
+            spent = time.perf_counter() - frame[0]
+            self.add(step, spent - frame[1])
+            if self._stack:
+                self._stack[-1][1] += spent
 
     def add(self, step: str, seconds: float) -> None:
         cell = self.steps.setdefault(step, [0.0, 0])
@@ -173,15 +181,6 @@ class Engine:
         self.resume = resume
         self.clock = clock
         self.rng = rng or random.Random()
-        self.scheduler = Scheduler(
-            self.plan,
-            limits=prepared.limits,
-            total=self.settings.total_parallel,
-            strategy=distribution(self.settings.strategy),
-            clock=clock,
-            done=resume.done if resume else (),
-            final=resume.final if resume else None,
-        )
         self.run_dir = prepared.root / STATE_DIR / "runs" / self.run_id
         self.log_dir = self.run_dir / "logs"
         self.result_dir = self.run_dir / "results"
@@ -195,6 +194,7 @@ class Engine:
         self.extra_files: dict[str, list[str]] = {}
         self.timings = _Timings()
         self.watcher: Watcher | None = None
+        self.scheduler: Scheduler  # made when the run starts
         self.baseline: Baseline | None = None
         self._ignore = tuple(glob_to_regex(g) for g in self.settings.ignore)
         self._ran_since_check: set[str] = set()
@@ -247,10 +247,6 @@ class Engine:
     async def execute(self) -> Summary:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.result_dir.mkdir(parents=True, exist_ok=True)
-        if self.settings.ownership:
-            with self.timings("ownership"):
-                self.baseline = Baseline.take(self.p.root, self.store)
-                self.watcher = Watcher(self.p.root)
         try:
             return await self._execute()
         finally:
@@ -259,7 +255,7 @@ class Engine:
 
     async def _execute(self) -> Summary:
         now = self.clock()
-        with self.journal.transaction() as committed:
+        with self.journal.transaction() as opening:
             if self.resume is None:
                 self.journal.create_run(
                     self.run_id,
@@ -280,9 +276,24 @@ class Engine:
                 self.journal.event(
                     self.run_id, Event("run_resumed", now, data={"done": len(self.resume.done)})
                 )
+        if self.settings.ownership:
+            with self.timings("ownership"):
+                self.baseline = Baseline.take(self.p.root, self.store)
+                self.watcher = Watcher(self.p.root)
+        # Made only now, so that its first decisions are stamped inside the run.
+        self.scheduler = Scheduler(
+            self.plan,
+            limits=self.p.limits,
+            total=self.settings.total_parallel,
+            strategy=distribution(self.settings.strategy),
+            clock=self.clock,
+            done=self.resume.done if self.resume else (),
+            final=self.resume.final if self.resume else None,
+        )
+        with self.journal.transaction() as committed:
             jobs = self._apply(self.scheduler.dispatch())
         self.reporter.run_started(self.run_id, self.plan, self.p.limits)
-        self.reporter.events(committed)
+        self.reporter.events(opening + committed)
         self._launch(jobs)
         status = "done"
         stop_wait = asyncio.ensure_future(self._stop.wait())
@@ -329,23 +340,20 @@ class Engine:
         if ended and self.watcher is not None:
             with self.timings("ownership"):
                 verdicts, touched = self._check_files([tid for tid, _, _ in ended])
-        t0 = time.perf_counter()
-        with self.journal.transaction() as committed:
+        with self.timings("journal"), self.journal.transaction() as committed:
             self._write_pgids()
             decisions: list[Decision] = []
             for tid, attempt, outcome in ended:
                 decisions += self._conclude(
                     tid, attempt, outcome, verdicts.get(tid), touched.get(tid, [])
                 )
-            for tid in woken:
+            with self.timings("dispatch"):
+                for tid in woken:
+                    if not self._halt:
+                        decisions += self.scheduler.wake(tid)
                 if not self._halt:
-                    decisions += self.scheduler.wake(tid)
-            if not self._halt:
-                t1 = time.perf_counter()
-                decisions += self.scheduler.dispatch()
-                self.timings.add("dispatch", time.perf_counter() - t1)
+                    decisions += self.scheduler.dispatch()
             jobs = self._apply(decisions)
-        self.timings.add("journal", time.perf_counter() - t0)
         self.reporter.events(committed)
         self._launch(jobs)
 
@@ -418,7 +426,9 @@ class Engine:
             self.results[tid] = o.result or ""
             owned = list(spec.files)
             if tid in self.widened:
-                extra = sorted(set(touched) - set(spec.files))
+                extra = sorted(
+                    p for p in set(touched) - set(spec.files) if not self._declared(tid, p)
+                )
                 if extra:
                     self.extra_files[tid] = extra
                     data["extra_files"] = extra
@@ -474,6 +484,12 @@ class Engine:
                     self.baseline.restore(path)
 
     # ------------------------------------------------------------ ownership
+
+    def _declared(self, tid: str, path: str) -> bool:
+        """Owned by the plan's own words (files, writes, ignore), not by a widening."""
+        if path in self.plan.by_id[tid].files:
+            return True
+        return any(p.match(path) for p in (*self.rules[tid].writes, *self._ignore))
 
     def _allowed(self, tid: str, path: str) -> bool:
         if tid in self.widened or any(p.match(path) for p in self._ignore):

@@ -12,7 +12,7 @@ it never holds an instance while it waits.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -114,7 +114,14 @@ def merge_retry(*levels: RetrySettings | None) -> RetryPolicy:
     merged: dict[str, object] = {}
     for level in (DEFAULT_RETRY, *levels):
         if level is not None:
-            merged.update({k: getattr(level, k) for k in level.model_fields_set})
+            # None means "not said here" (a plan read back from the journal spells it out).
+            merged.update(
+                {
+                    k: getattr(level, k)
+                    for k in level.model_fields_set
+                    if getattr(level, k) is not None
+                }
+            )
     full = DEFAULT_RETRY.model_copy(update=merged)
     assert full.base is not None and full.factor is not None and full.cap is not None
     wait: Wait = wait_exponential(full.base, full.factor, full.cap)
@@ -126,6 +133,3 @@ def merge_retry(*levels: RetrySettings | None) -> RetryPolicy:
         retry_on_timeout=bool(full.retry_on_timeout),
         permanent_exit_codes=frozenset(full.permanent_exit_codes or ()),
     )
-
-
-RandomSource = Callable[[], random.Random]

@@ -327,8 +327,10 @@ class Scheduler:
         return self._drain()
 
     def _start_solo(self) -> None:
-        """At the end of a phase, run the tasks that must run alone, one at a time."""
-        if not self._solo or self.running or self._phase_left[self.phase_rank] != len(self._solo):
+        """Run a task that must run alone once the hall is idle: nothing running, nothing
+        ready. That is the end of its phase, or earlier when the rest of the phase waits
+        on it."""
+        if not self._solo or self.running or any(self._ready_count.values()):
             return
         i = self._solo.pop(0)
         spec = self.tasks[i].specialist

@@ -26,6 +26,14 @@ Strategy = Literal["work-stealing", "round-robin"]
 STRATEGIES: tuple[str, ...] = ("work-stealing", "round-robin")
 
 
+DEFAULT_IGNORE = (
+    "**/__pycache__/**",
+    ".pytest_cache/**",
+    ".mypy_cache/**",
+    ".ruff_cache/**",
+)
+
+
 class Settings(BaseModel):
     """How hard to parallelise. Every field has a default, so a plan may leave it out."""
 
@@ -77,13 +85,6 @@ class Settings(BaseModel):
         ),
     )
 
-
-DEFAULT_IGNORE = (
-    "**/__pycache__/**",
-    ".pytest_cache/**",
-    ".mypy_cache/**",
-    ".ruff_cache/**",
-)
 
 _ENV = {
     "per_agent_type": "GUILDRUN_PER_AGENT_TYPE",

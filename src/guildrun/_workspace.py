@@ -29,6 +29,7 @@ from pathlib import Path
 from ._paths import STATE_DIR
 
 Manifest = dict[str, str | None]
+_WRITES = frozenset({"created", "modified", "deleted", "moved", "closed"})
 _SKIP = (".git", STATE_DIR)
 
 
@@ -49,7 +50,7 @@ class Store:
             blob.parent.mkdir(parents=True, exist_ok=True)
             tmp = blob.with_name(f"{blob.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             tmp.write_bytes(data)
-            os.replace(tmp, blob)
+            tmp.replace(blob)
         return digest
 
     def get(self, digest: str) -> bytes:
@@ -101,7 +102,7 @@ def write_file(root: Path, rel: str, data: bytes | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.guildrun-{os.getpid()}.tmp")
     tmp.write_bytes(data)
-    os.replace(tmp, path)
+    tmp.replace(path)
 
 
 def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
@@ -271,6 +272,8 @@ class Watcher:
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
+                if event.event_type not in _WRITES:
+                    return  # reads (opened, closed_no_write) change nothing
                 for raw in (event.src_path, getattr(event, "dest_path", "")):
                     p = os.fsdecode(raw)
                     if not p:
