@@ -1,0 +1,206 @@
+"""Scenario 3 (and issue A): engine overhead on trivial commands, whole command timed.
+
+guildrun, xargs, GNU parallel and a bare asyncio loop each run the same `true` commands
+at the same width, in rotating order round after round, so drift on the machine hits all
+of them alike. The headline figure is the median of the per-round guildrun/xargs ratios.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from ._common import (
+    Mode,
+    Section,
+    Target,
+    fmt_s,
+    fmt_x,
+    guildrun_cli,
+    median,
+    project,
+    timed,
+    write_json,
+)
+
+SLOTS = 20
+
+_ASYNCIO = """
+import asyncio, subprocess, sys
+async def main(n, width):
+    sem = asyncio.Semaphore(width)
+    async def one():
+        async with sem:
+            p = await asyncio.create_subprocess_exec(
+                "true", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)
+            await p.wait()
+    await asyncio.gather(*(one() for _ in range(n)))
+asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+"""
+
+
+def ensure_parallel(allow_install: bool) -> str | None:
+    """GNU parallel's path; in full mode, installed with apt when we are root and it is missing."""
+    found = shutil.which("parallel")
+    if found or not allow_install or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return found
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for steps in (
+        [["apt-get", "install", "-y", "-q", "parallel"]],
+        [["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "parallel"]],
+    ):
+        try:
+            for argv in steps:
+                subprocess.run(argv, env=env, check=True, capture_output=True, timeout=300)
+        except (subprocess.SubprocessError, OSError):
+            continue
+        return shutil.which("parallel")
+    return None
+
+
+def trivial_plan(n: int) -> dict[str, object]:
+    """Each task owns its own file, so ownership checks run as they would for real work."""
+    return {
+        "settings": {"per_agent_type": SLOTS, "total_parallel": SLOTS},
+        "specialists": {"trivial": {"run": ["true"]}},
+        "tasks": [
+            {"id": f"t{i:05d}", "specialist": "trivial", "files": [f"src/f{i:05d}.txt"]}
+            for i in range(n)
+        ],
+    }
+
+
+def _startup_s() -> float:
+    """Interpreter start plus importing the CLI: what any `guildrun` command pays first."""
+    return timed([sys.executable, "-c", "import guildrun._cli"])
+
+
+def run(mode: Mode) -> Section:
+    n = 200 if mode.quick else 2000
+    rounds = 1 if mode.quick else 5
+    parallel = ensure_parallel(allow_install=not mode.quick)
+    lines = b"".join(b"%d\n" % i for i in range(n))
+    times: dict[str, list[float]] = {"guildrun": [], "xargs": [], "asyncio": []}
+    if parallel:
+        times["GNU parallel"] = []
+    engine_wall: list[float] = []
+    startup: list[float] = []
+    with project() as base:
+        plan = write_json(base / "trivial.json", trivial_plan(n))
+
+        def guild() -> float:
+            root = base / f"root{len(times['guildrun'])}"
+            root.mkdir()
+            start = time.perf_counter()
+            out = subprocess.run(
+                guildrun_cli("run", str(plan), "--json", "-q", "--root", str(root)),
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            took = time.perf_counter() - start
+            summary = json.loads(out.stdout)
+            if summary["done"] != n:
+                raise RuntimeError(f"guildrun finished {summary['done']} of {n} tasks")
+            engine_wall.append(float(summary["wall_s"]))
+            return took
+
+        tools: dict[str, Callable[[], float]] = {
+            "guildrun": guild,
+            "xargs": lambda: timed(["xargs", "-P", str(SLOTS), "-n", "1", "true"], stdin=lines),
+            "asyncio": lambda: timed([sys.executable, "-c", _ASYNCIO, str(n), str(SLOTS)]),
+        }
+        if parallel:
+            tools["GNU parallel"] = lambda: timed(
+                [parallel, "--will-cite", "-j", str(SLOTS), "true"], stdin=lines
+            )
+        names = list(tools)
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                times[name].append(tools[name]())
+            startup.append(_startup_s())
+    ratios = [g / x for g, x in zip(times["guildrun"], times["xargs"], strict=True)]
+    ratio = median(ratios)
+    xargs_med = median(times["xargs"])
+    rows = [
+        [name, fmt_s(median(ts)), fmt_x(median(ts) / xargs_med), f"{1e6 * median(ts) / n:.0f}"]
+        for name, ts in times.items()
+    ]
+    if not parallel:
+        rows.append(["GNU parallel", "n/a", "n/a", "n/a (not installed, could not install)"])
+    g_med = median(times["guildrun"])
+    e_med = median(engine_wall)
+    s_med = median(startup)
+    notes = [
+        f"median of {rounds} rounds of {n} `true` commands at {SLOTS} slots; order rotates "
+        "each round; guildrun runs with journal, logs and per-task file ownership on",
+        f"guildrun/xargs per round: {', '.join(f'{r:.2f}' for r in ratios)}",
+        f"where guildrun's {fmt_s(g_med)} goes: interpreter start-up and imports "
+        f"{fmt_s(s_med)}, engine loop (run start to end, as journaled) {fmt_s(e_med)}, "
+        f"plan loading, journal set-up, summary and exit {fmt_s(max(0.0, g_med - s_med - e_med))}",
+    ]
+    targets = [
+        Target(
+            "guildrun / xargs, 2,000 `true` at 20 slots (issue A)",
+            "≤ 1.30",
+            f"{ratio:.2f}",
+            ratio <= 1.3,
+            why=WHY_XARGS,
+        )
+    ]
+    if parallel:
+        p_ratio = median(
+            [g / p for g, p in zip(times["guildrun"], times["GNU parallel"], strict=True)]
+        )
+        targets.append(
+            Target(
+                "guildrun faster than GNU parallel",
+                "< 1.00",
+                f"{p_ratio:.2f}",
+                p_ratio < 1.0,
+            )
+        )
+    else:
+        targets.append(Target("guildrun faster than GNU parallel", "< 1.00", "n/a", None))
+    return Section(
+        key="trivial",
+        title="3. Engine overhead on trivial commands (and issue A)",
+        command=(
+            f"python -m benchmarks --only trivial  # guildrun run PLAN --json -q --root DIR vs "
+            f"xargs -P {SLOTS} -n 1 true vs parallel --will-cite -j {SLOTS} true vs asyncio"
+        ),
+        about=ABOUT,
+        columns=["tool", "median wall", "vs xargs", "µs per task"],
+        rows=rows,
+        targets=targets,
+        notes=notes,
+    )
+
+
+ABOUT = (
+    "The whole command is timed, interpreter start-up included, because that is what a "
+    "user waits for. xargs is the floor for running processes from a program; the bare "
+    "asyncio loop is the floor for running them from Python, without a journal."
+)
+
+WHY_XARGS = (
+    "About a quarter of guildrun's time is fixed cost xargs does not have (see the "
+    "breakdown above): the interpreter and imports, plan validation, the ownership "
+    "baseline and journal set-up, the summary. The rest is per task. Under cProfile, "
+    "`_posixsubprocess.fork_exec` takes about 60% of the engine loop (1.9 s of 3.1 s for "
+    "2,000 tasks: forking a ~90 MB Python process costs more than forking xargs); then "
+    "`subprocess._execute_child` re-encodes the ~110 environment variables of every task "
+    "with `os.fsencode` (226,000 calls, ~0.2 s) although the engine passes them "
+    "pre-encoded; then ~8 SQLite statements per task, pathlib objects, the ownership "
+    "check and the scheduler. What would close it: spawn with `os.posix_spawn` (vfork, "
+    "no Python-side environment loop) from a pre-built environment block, batch per-task "
+    "journal rows with executemany, keep log and result paths as strings, and defer the "
+    "pydantic/yaml imports for JSON plans; the ~0.45 s start-up stays, so on 2,000 "
+    "one-millisecond tasks 1.3x needs a per-task cost close to xargs' own."
+)
