@@ -282,3 +282,17 @@ def test_properties_hold_for_random_plans(
     fails = data.draw(st.sets(st.sampled_from(sorted(durations))))
     strategy = WorkStealing() if strategy_name == "work-stealing" else RoundRobin()
     check_run(plan, durations, limits, total, strategy, fails)
+
+
+def test_fair_share_follows_the_work() -> None:
+    # 32 coder tasks and 16 tester tasks, 4 instances allowed each, 6 slots in all.
+    assert fair_share({"coder": 4, "tester": 4}, 6, {"coder": 32, "tester": 16}) == {
+        "coder": 4,
+        "tester": 2,
+    }
+    # Every specialist with work gets a slot while slots last, the biggest first.
+    assert fair_share({"a": 3, "b": 3, "c": 3}, 2, {"a": 1, "b": 5, "c": 9}) == {
+        "a": 0,
+        "b": 1,
+        "c": 1,
+    }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -71,10 +72,19 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--per-agent-type", type=_positive, metavar="N")
         sp.add_argument("--total-parallel", type=_positive, metavar="N")
         sp.add_argument("--strategy", choices=STRATEGIES)
+        sp.add_argument(
+            "--auto", action="store_true", help="choose the limits from the size of the work"
+        )
 
     def output_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--json", action="store_true", help="print the summary as one JSON object")
         sp.add_argument("--quiet", "-q", action="store_true", help="no progress, only the summary")
+        sp.add_argument(
+            "--events",
+            metavar="FILE",
+            help="stream one JSON object per event to FILE as it happens ('-': stdout, and "
+            "the human output goes to stderr)",
+        )
 
     r = sub.add_parser("run", help="run a plan")
     plan_args(r)
@@ -99,6 +109,11 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="dry run: phases, instances and the initial assignment")
     plan_args(pl)
     pl.add_argument("--json", action="store_true")
+    pl.add_argument(
+        "--simulate",
+        action="store_true",
+        help="predict wall time, speedup and utilization of each strategy from task estimates",
+    )
 
     v = sub.add_parser("validate", help="check a plan and exit")
     plan_args(v)
@@ -142,7 +157,7 @@ def _prepare(args: argparse.Namespace) -> Prepared:
     }
     if getattr(args, "fail_fast", False):
         overrides["fail_fast"] = True
-    return prepare(args.plan, root=args.root, overrides=overrides)
+    return prepare(args.plan, root=args.root, overrides=overrides, auto=args.auto)
 
 
 def _crash_hook() -> int | None:
@@ -151,13 +166,22 @@ def _crash_hook() -> int | None:
     return int(raw) if raw and raw.isdigit() else None
 
 
-def _reporter(args: argparse.Namespace, con: _Consoles) -> Reporter:
-    if args.quiet:
-        return Reporter()
-    from ._display import LiveReporter, PlainReporter
+def _reporter(args: argparse.Namespace, con: _Consoles, stack: contextlib.ExitStack) -> Reporter:
+    from ._display import EventStream, LiveReporter, PlainReporter, Tee
 
-    show = con.err if args.json else con.out
-    return LiveReporter(show) if show.is_terminal else PlainReporter(show.file)
+    parts: list[Reporter] = []
+    if args.events == "-":
+        parts.append(EventStream(sys.stdout))
+    elif args.events:
+        try:
+            stream = stack.enter_context(Path(args.events).open("w", encoding="utf-8"))  # noqa: SIM115 - the stack closes it
+        except OSError as exc:
+            raise UsageError(f"--events {args.events}: {exc.strerror}") from None
+        parts.append(EventStream(stream))
+    if not args.quiet:
+        show = con.err if (args.json or args.events == "-") else con.out
+        parts.append(LiveReporter(show) if show.is_terminal else PlainReporter(show.file))
+    return Tee(*parts) if len(parts) != 1 else parts[0]
 
 
 def _finish(summary: Summary, args: argparse.Namespace, con: _Consoles) -> int:
@@ -166,30 +190,38 @@ def _finish(summary: Summary, args: argparse.Namespace, con: _Consoles) -> int:
     else:
         from ._display import print_summary
 
-        print_summary(summary, con.out)
+        print_summary(summary, con.err if args.events == "-" else con.out)
     return summary.exit_code
 
 
 def _cmd_run(args: argparse.Namespace, con: _Consoles) -> int:
     prepared = _prepare(args)
-    summary = asyncio.run(
-        run_prepared(prepared, reporter=_reporter(args, con), crash_after_commit=_crash_hook())
-    )
+    if prepared.notes and not args.quiet:
+        show = sys.stderr if (args.json or args.events == "-") else sys.stdout
+        for note in prepared.notes:
+            print(note, file=show)
+    with contextlib.ExitStack() as stack:
+        summary = asyncio.run(
+            run_prepared(
+                prepared, reporter=_reporter(args, con, stack), crash_after_commit=_crash_hook()
+            )
+        )
     return _finish(summary, args, con)
 
 
 def _cmd_resume(args: argparse.Namespace, con: _Consoles) -> int:
     from ._resume import resume_async
 
-    summary = asyncio.run(
-        resume_async(
-            args.run,
-            root=args.root,
-            retry_failed=args.retry_failed,
-            reporter=_reporter(args, con),
-            crash_after_commit=_crash_hook(),
+    with contextlib.ExitStack() as stack:
+        summary = asyncio.run(
+            resume_async(
+                args.run,
+                root=args.root,
+                retry_failed=args.retry_failed,
+                reporter=_reporter(args, con, stack),
+                crash_after_commit=_crash_hook(),
+            )
         )
-    )
     return _finish(summary, args, con)
 
 
@@ -214,16 +246,35 @@ def _cmd_plan(args: argparse.Namespace, out: Console) -> int:
         strategy=distribution(prepared.settings.strategy),
     )
     phases = sched.deal_by_phase()
+    simulation: dict[str, Any] | None = None
+    if args.simulate:
+        from ._simulate import estimates, predict
+
+        durations, source = estimates(plan, journal_path(prepared.root))
+        ranked = predict(
+            plan, durations, limits=prepared.limits, total=prepared.settings.total_parallel
+        )
+        simulation = {
+            "estimates": source,
+            "work_s": round(sum(durations.values()), 4),
+            "strategies": [p.to_json() for p in ranked],
+            "best": min(ranked, key=lambda p: (p.wall, p.strategy != "work-stealing")).strategy,
+        }
     if args.json:
         data = {
             "root": str(prepared.root),
             "settings": prepared.settings.model_dump(),
             "limits": prepared.limits,
+            "notes": list(prepared.notes),
             "phases": [{"phase": name, "instances": deal} for name, deal in phases],
             "instances": sched.plan_instances(),
         }
+        if simulation is not None:
+            data["simulation"] = simulation
         print(json.dumps(data, indent=2))
         return 0
+    for note in prepared.notes:
+        out.print(note, highlight=False)
     s = prepared.settings
     out.print(
         f"{len(plan.tasks)} tasks, {len(plan.specialists)} specialists; "
@@ -236,6 +287,19 @@ def _cmd_plan(args: argparse.Namespace, out: Console) -> int:
         for spec, piles in deal.items():
             for k, pile in enumerate(piles, 1):
                 out.print(f"  {spec}#{k}: {', '.join(pile)}", highlight=False)
+    if simulation is not None:
+        out.print(
+            f"[bold]simulation[/] (estimates: {simulation['estimates']}; "
+            f"work {simulation['work_s']:.1f}s)",
+            highlight=False,
+        )
+        for p in simulation["strategies"]:
+            out.print(
+                f"  {p['strategy']:<14} wall {p['wall_s']:8.2f}s  speedup {p['speedup']:5.2f}x"
+                f"  utilization {p['utilization']:.0%}",
+                highlight=False,
+            )
+        out.print(f"  best: {simulation['best']}", highlight=False)
     return 0
 
 

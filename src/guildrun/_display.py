@@ -7,6 +7,7 @@ so a flood of short tasks costs a dictionary update each, not a repaint.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Mapping
 from typing import IO, Any
@@ -20,6 +21,45 @@ from ._engine import Reporter
 from ._journal import Event
 from ._metrics import Summary
 from ._plan import CompiledPlan
+
+
+class EventStream(Reporter):
+    """One JSON object per line for each event, flushed as it is committed.
+
+    Another program (an orchestrating agent, CI) can follow a run by reading the
+    stream: the seed's asynchronous progress reporting.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def events(self, events: Iterable[Event]) -> None:
+        for ev in events:
+            self.stream.write(json.dumps(ev.as_dict(), separators=(",", ":")) + "\n")
+        self.stream.flush()
+
+    def run_ended(self, summary: Summary) -> None:
+        self.stream.flush()
+
+
+class Tee(Reporter):
+    """Several reporters as one."""
+
+    def __init__(self, *reporters: Reporter) -> None:
+        self.reporters = reporters
+
+    def run_started(self, run_id: str, plan: CompiledPlan, limits: Mapping[str, int]) -> None:
+        for r in self.reporters:
+            r.run_started(run_id, plan, limits)
+
+    def events(self, events: Iterable[Event]) -> None:
+        batch = list(events)
+        for r in self.reporters:
+            r.events(batch)
+
+    def run_ended(self, summary: Summary) -> None:
+        for r in self.reporters:
+            r.run_ended(summary)
 
 
 class PlainReporter(Reporter):

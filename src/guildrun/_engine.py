@@ -24,6 +24,7 @@ from . import _templates as tpl
 from ._errors import PlanError
 from ._journal import Event, Journal, journal_path, new_run_id
 from ._metrics import Summary, summarize
+from ._monitor import Monitor
 from ._paths import STATE_DIR, find_root, glob_to_regex
 from ._plan import CompiledPlan, Plan, SpecialistSpec, compile_plan, load_plan
 from ._retry import RetryPolicy, merge_retry
@@ -32,6 +33,7 @@ from ._schedule import (
     Decision,
     PhaseEnded,
     PhaseStarted,
+    Queued,
     Retired,
     Scheduler,
     Skipped,
@@ -67,6 +69,29 @@ class Prepared:
     root: Path
     settings: Settings
     limits: dict[str, int]
+    notes: tuple[str, ...] = ()
+
+
+# The seed's complexity table: (class, most tasks, fewest agents, most agents).
+SIZE_CLASSES = (
+    ("simple", 5, 2, 3),
+    ("medium", 20, 5, 10),
+    ("large", 100, 10, 20),
+)
+
+
+def adaptive_limits(n_tasks: int, n_specialists: int, ceiling: int) -> tuple[int, int, str]:
+    """Instance limits from the size of the work, as the seed's complexity table says."""
+    for name, most, low, high in SIZE_CLASSES:
+        if n_tasks <= most:
+            total = min(ceiling, high, max(low, (n_tasks + 1) // 2), max(1, n_tasks))
+            why = f"{name} work ({n_tasks} tasks, at most {most}): {low}-{high} agents"
+            break
+    else:
+        total = ceiling
+        why = f"enterprise work ({n_tasks} tasks, over 100): up to the limit of {ceiling}"
+    per_type = min(total, max(3, -(-total // max(1, n_specialists))))
+    return total, per_type, why
 
 
 def prepare(
@@ -75,6 +100,7 @@ def prepare(
     root: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
+    auto: bool = False,
 ) -> Prepared:
     """Load, check and resolve everything that can be wrong before anything runs."""
     project_root = find_root(root)
@@ -88,11 +114,40 @@ def prepare(
         overrides=overrides,
     )
     compiled = compile_plan(model, project_root, settings)
+    notes: list[str] = []
+    if auto:
+        used = {t.specialist for t in compiled.tasks}
+        total, per_type, why = adaptive_limits(
+            len(compiled.tasks), len(used), settings.total_parallel
+        )
+        settings = settings.model_copy(update={"total_parallel": total, "per_agent_type": per_type})
+        notes.append(f"--auto: {why}; total_parallel {total}, per_agent_type {per_type}")
     limits = {
         name: min(spec.instances or settings.per_agent_type, settings.total_parallel)
         for name, spec in compiled.specialists.items()
     }
-    return Prepared(compiled, model, project_root, settings, limits)
+    if settings.strategy == "auto":
+        from ._simulate import estimates, predict
+
+        durations, source = estimates(compiled, journal_path(project_root))
+        has_estimates = not source.startswith("none")
+        chosen = "work-stealing"
+        if has_estimates:
+            ranked = predict(compiled, durations, limits=limits, total=settings.total_parallel)
+            chosen = min(ranked, key=lambda p: (p.wall, p.strategy != "work-stealing")).strategy
+        settings = settings.model_copy(update={"strategy": chosen})
+        notes.append(
+            f"strategy auto: {chosen} "
+            + (
+                "(best predicted wall time; estimates: " + source + ")"
+                if has_estimates
+                else "(no estimates: work stealing)"
+            )
+        )
+    compiled = CompiledPlan(
+        compiled.tasks, compiled.specialists, settings, compiled.source, compiled.by_id
+    )
+    return Prepared(compiled, model, project_root, settings, limits, tuple(notes))
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -212,6 +267,11 @@ class Engine:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
         self._halt = False
+        self._pgid_of: dict[str, int] = {}
+        self._held: str | None = None  # why the resource guard holds back new starts
+        self.monitor: Monitor | None = None
+        if self.settings.sample_interval > 0:
+            self.monitor = Monitor(self.settings.max_cpu, self.settings.min_free_memory_mb)
 
     def _runner(self, spec: SpecialistSpec) -> Runner:
         if spec.argv is not None or spec.shell_script is not None:
@@ -232,14 +292,23 @@ class Engine:
     def _rules(self) -> dict[str, _Rules]:
         src = self.p.source
         out: dict[str, _Rules] = {}
+        # Most tasks say nothing of their own: share one _Rules per specialist for them.
+        shared: dict[str, _Rules] = {}
         for spec in self.plan.tasks:
             task = src.tasks[spec.index]
             sp = src.specialists[spec.specialist]
-            out[spec.id] = _Rules(
+            plain = task.retry is None and not task.writes and task.on_violation is None
+            if plain and spec.specialist in shared:
+                out[spec.id] = shared[spec.specialist]
+                continue
+            rules = _Rules(
                 retry=merge_retry(self.settings.retry, sp.retry, task.retry),
                 writes=tuple(glob_to_regex(g) for g in (*sp.writes, *task.writes)),
                 on_violation=task.on_violation or sp.on_violation or self.settings.on_violation,
             )
+            if plain:
+                shared[spec.specialist] = rules
+            out[spec.id] = rules
         return out
 
     # ------------------------------------------------------------ the loop
@@ -297,6 +366,7 @@ class Engine:
         self._launch(jobs)
         status = "done"
         stop_wait = asyncio.ensure_future(self._stop.wait())
+        sampler = asyncio.ensure_future(self._sample_loop()) if self.monitor else None
         try:
             while not self.scheduler.finished:
                 get = asyncio.ensure_future(self._inbox.get())
@@ -314,6 +384,9 @@ class Engine:
                     break
         finally:
             stop_wait.cancel()
+            if sampler is not None:
+                sampler.cancel()
+                await asyncio.gather(sampler, return_exceptions=True)
             if self._running:
                 if not self._halt:
                     status = "interrupted"
@@ -349,9 +422,11 @@ class Engine:
                 )
             with self.timings("dispatch"):
                 for tid in woken:
-                    if not self._halt:
+                    if tid and not self._halt:
                         decisions += self.scheduler.wake(tid)
-                if not self._halt:
+                # The guard holds back new starts, but never lets the run stall on it.
+                held = self._held is not None and self.scheduler.running > 0
+                if not self._halt and not held:
                     decisions += self.scheduler.dispatch()
             jobs = self._apply(decisions)
         self.reporter.events(committed)
@@ -359,6 +434,26 @@ class Engine:
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def _sample_loop(self) -> None:
+        """Sample now, then every interval; the guard decides on each sample."""
+        assert self.monitor is not None
+        while True:
+            groups = dict(self._pgid_of)
+            sample = await asyncio.to_thread(self.monitor.take, self.clock(), groups)
+            with self.timings("sampling"), self.journal.transaction() as committed:
+                self.journal.sample(self.run_id, sample)
+                why = self.monitor.over(sample)
+                if why and not self._held:
+                    self.journal.event(
+                        self.run_id, Event("guard_hold", sample.time, data={"reason": why})
+                    )
+                elif self._held and not why:
+                    self.journal.event(self.run_id, Event("guard_release", sample.time))
+                    self._inbox.put_nowait(("wake", "", 0, None))
+                self._held = why
+            self.reporter.events(committed)
+            await asyncio.sleep(self.settings.sample_interval)
 
     async def _cancel_running(self, why: str) -> None:
         tasks = list(self._running.values())
@@ -413,6 +508,10 @@ class Engine:
             exit_code=o.exit_code,
             error=o.error,
         )
+        self._pgid_of.pop(tid, None)
+        if self.monitor is not None and tid in self.monitor.usage:
+            use = self.monitor.usage.pop(tid)
+            self.journal.attempt_usage(rid, tid, attempt, use.cpu_s, use.peak_rss)
         data: dict[str, Any] = {
             "status": o.status,
             "attempt": attempt,
@@ -594,6 +693,8 @@ class Engine:
                 if d.task in self.widened:
                     data["alone"] = True
                 self.journal.event(rid, Event("task_started", d.time, d.task, d.instance, data))
+            elif isinstance(d, Queued):
+                self.journal.event(rid, Event("task_queued", d.time, d.task, d.instance))
             elif isinstance(d, Skipped):
                 self.journal.task_ended(rid, d.task, "skipped", d.time, cause=d.reason)
                 self.journal.event(
@@ -682,6 +783,7 @@ class Engine:
         timeout = spec.timeout or specialist.timeout or self.p.settings.timeout
 
         def on_spawn(pgid: int, task: str = spec.id, n: int = attempt) -> None:
+            self._pgid_of[task] = pgid
             self._pgids.append((task, n, pgid))
             if len(self._pgids) == 1:
                 asyncio.get_running_loop().call_later(PGID_FLUSH_S, self._flush_pgids)

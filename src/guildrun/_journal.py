@@ -25,8 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import UsageError
+from ._monitor import Sample
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Columns added after a table first shipped: older journals get them on open.
+_ADDED_COLUMNS = (("attempts", "cpu_s", "REAL"), ("attempts", "peak_rss", "INTEGER"))
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -73,6 +76,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     pgid INTEGER,
     stdout_path TEXT,
     stderr_path TEXT,
+    cpu_s REAL,                      -- CPU time of its process tree, as sampled
+    peak_rss INTEGER,                -- peak resident memory of its process tree, bytes
     PRIMARY KEY (run_id, task_id, attempt)
 );
 CREATE TABLE IF NOT EXISTS instances (
@@ -182,6 +187,10 @@ class Journal:
             if self.db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                 # Every statement is CREATE ... IF NOT EXISTS: older journals gain new tables.
                 self.db.executescript(_SCHEMA)
+                for table, column, kind in _ADDED_COLUMNS:
+                    have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+                    if column not in have:
+                        self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
                 self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self.db.row_factory = sqlite3.Row
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -388,6 +397,30 @@ class Journal:
     def set_status(self, run_id: str, status: str) -> None:
         self.db.execute(
             "UPDATE runs SET status=?, ended=NULL, pid=? WHERE id=?", (status, os.getpid(), run_id)
+        )
+
+    def attempt_usage(
+        self, run_id: str, task: str, attempt: int, cpu_s: float, peak_rss: int
+    ) -> None:
+        self.db.execute(
+            "UPDATE attempts SET cpu_s=?, peak_rss=? WHERE run_id=? AND task_id=? AND attempt=?",
+            (cpu_s, peak_rss, run_id, task, attempt),
+        )
+
+    def sample(self, run_id: str, s: Sample) -> None:
+        self.db.execute(
+            "INSERT INTO samples(run_id, time, cpu, mem_used, mem_available, running,"
+            " agents_cpu, agents_rss) VALUES (?,?,?,?,?,?,?,?)",
+            (
+                run_id,
+                s.time,
+                s.cpu,
+                s.mem_used,
+                s.mem_available,
+                s.running,
+                s.agents_cpu,
+                s.agents_rss,
+            ),
         )
 
     def end_run(self, run_id: str, status: str, now: float) -> None:

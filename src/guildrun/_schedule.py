@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 from ._plan import PHASES, CompiledPlan, TaskSpec, topological_order
 
@@ -90,6 +91,13 @@ class Started:
 
 
 @dataclass(frozen=True, slots=True)
+class Queued:
+    task: str
+    instance: str | None  # None: parked until its specialist gets an instance
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
 class Skipped:
     task: str
     cause: str  # the task whose failure led here, or "" when the run was stopped
@@ -97,25 +105,43 @@ class Skipped:
     time: float
 
 
-Decision = PhaseStarted | PhaseEnded | Spawned | Retired | Started | Skipped
+Decision = PhaseStarted | PhaseEnded | Spawned | Retired | Queued | Started | Skipped
 
 
 # ------------------------------------------------------------------ strategies
 
 
+class Hall(Protocol):
+    """What a strategy may ask of the scheduler when an instance is free."""
+
+    def pop_front(self, inst: Instance) -> int | None: ...
+    def pop_back(self, inst: Instance) -> int | None: ...
+    def peek_front(self, inst: Instance) -> int | None: ...
+    def siblings_by_load(self, inst: Instance) -> list[Instance]: ...
+    def weight(self, task: int) -> float: ...
+
+
 class Distribution:
-    """How tasks reach instances. One subclass per strategy; swap them freely."""
+    """How tasks reach instances: the deal at a phase's start, and the pick of a free
+    instance. One subclass per strategy; swap them freely."""
 
     name = "base"
     steals = False
     scales = False
 
-    def assign(self, tasks: Sequence[int], instances: int) -> list[list[int]]:
-        """Deal `tasks` (plan indices, in order) to `instances` piles."""
+    def assign(
+        self, tasks: Sequence[int], instances: int, weight: Callable[[int], float]
+    ) -> list[list[int]]:
+        """Deal `tasks` (plan indices, in order) to `instances` piles, round-robin."""
         piles: list[list[int]] = [[] for _ in range(instances)]
         for k, t in enumerate(tasks):
             piles[k % instances].append(t)
         return piles
+
+    def pick(self, hall: Hall, inst: Instance) -> tuple[int, Instance | None] | None:
+        """The task a free instance runs next, and the sibling it was taken from."""
+        i = hall.pop_front(inst)
+        return None if i is None else (i, None)
 
 
 class RoundRobin(Distribution):
@@ -131,41 +157,91 @@ class WorkStealing(Distribution):
     """Round-robin deal, then idle instances steal from the back of the busiest sibling.
 
     Work-conserving: whenever a slot is free under both limits and a task is ready,
-    one starts, spawning an instance if the specialist has room for one.
+    one starts, spawning an instance if the specialist has room for one. The thief
+    takes what the owner would have reached last, so the two rarely meet.
     """
 
     name = "work-stealing"
     steals = True
     scales = True
 
+    def pick(self, hall: Hall, inst: Instance) -> tuple[int, Instance | None] | None:
+        i = hall.pop_front(inst)
+        if i is not None:
+            return i, None
+        for sib in hall.siblings_by_load(inst):
+            i = hall.pop_back(sib)
+            if i is not None:
+                return i, sib
+        return None
+
+
+class LongestFirst(WorkStealing):
+    """LPT: deal the longest tasks first, and a free instance takes the longest ready one.
+
+    Uses the tasks' estimates; the classic list-scheduling rule that keeps the last,
+    long task from starting late. Without estimates it behaves like work stealing.
+    """
+
+    name = "longest-first"
+
+    def assign(
+        self, tasks: Sequence[int], instances: int, weight: Callable[[int], float]
+    ) -> list[list[int]]:
+        ordered = sorted(tasks, key=lambda t: -weight(t))  # stable: plan order breaks ties
+        return super().assign(ordered, instances, weight)
+
+    def pick(self, hall: Hall, inst: Instance) -> tuple[int, Instance | None] | None:
+        best: tuple[float, int, Instance] | None = None
+        for k, cand in enumerate([inst, *hall.siblings_by_load(inst)]):
+            i = hall.peek_front(cand)
+            if i is not None and (best is None or hall.weight(i) > best[0]):
+                best = (hall.weight(i), k, cand)
+        if best is None:
+            return None
+        owner = best[2]
+        i = hall.pop_front(owner)
+        assert i is not None
+        return i, (None if owner is inst else owner)
+
+
+STRATEGY_NAMES = ("work-stealing", "round-robin", "longest-first")
+
 
 def distribution(name: str) -> Distribution:
-    for cls in (WorkStealing, RoundRobin):
+    for cls in (WorkStealing, RoundRobin, LongestFirst):
         if cls.name == name:
             return cls()
     raise ValueError(f"unknown strategy {name!r}")
 
 
-def fair_share(demand: Mapping[str, int], total: int) -> dict[str, int]:
-    """Split `total` slots so no specialist gets more than it wants (max-min fairness).
+def fair_share(
+    demand: Mapping[str, int], total: int, work: Mapping[str, float] | None = None
+) -> dict[str, int]:
+    """Split `total` slots between specialists, in proportion to their work.
 
-    Leftover slots after the even cap go to specialists in the mapping's order.
+    No specialist gets more than it wants; each with work gets one slot first while
+    slots last; the rest go one by one to the specialist with the most work per slot
+    (the D'Hondt rule), ties to the earlier one. Without `work`, all count as equal.
     """
     if sum(demand.values()) <= total:
         return dict(demand)
+    weight = {s: (work or {}).get(s, 1.0) or 1e-9 for s in demand}
     share = dict.fromkeys(demand, 0)
     left = total
-    wanting = [s for s, d in demand.items() if d > 0]
-    while left > 0 and wanting:
-        each = max(1, left // len(wanting))
-        for s in list(wanting):
-            if left == 0:
-                break
-            give = min(each, demand[s] - share[s], left)
-            share[s] += give
-            left -= give
-            if share[s] >= demand[s]:
-                wanting.remove(s)
+    for s in sorted((s for s in demand if demand[s] > 0), key=lambda s: -weight[s]):
+        if left == 0:
+            break
+        share[s] = 1
+        left -= 1
+    order = list(demand)
+    while left > 0:
+        wanting = [s for s in order if share[s] < demand[s]]
+        if not wanting:
+            break
+        best = max(wanting, key=lambda s: (weight[s] / (share[s] + 1), -order.index(s)))
+        share[best] += 1
+        left -= 1
     return share
 
 
@@ -365,6 +441,7 @@ class Scheduler:
                 self._solo.append(i)
             else:
                 self._sleeping.add(i)
+                self._out.append(Queued(task_id, inst.name, self.clock()))
                 inst.front_position -= 1
                 self._position[i] = inst.front_position
                 self._owner[i] = inst
@@ -506,25 +583,39 @@ class Scheduler:
         return None
 
     def _try_start(self, inst: Instance) -> bool:
-        spec = inst.specialist
-        if self._ready_count[spec] == 0:
+        if self._ready_count[inst.specialist] == 0:
             return False
-        i = self._pop_front(inst)
-        victim: Instance | None = None
-        if i is None and self.strategy.steals:
-            siblings = sorted(
-                (s for s in self.instances[spec] if s is not inst and s.remaining > 0),
-                key=lambda s: (-s.remaining, s.number),
-            )
-            for sib in siblings:
-                i = self._pop_back(sib)
-                if i is not None:
-                    victim = sib
-                    break
-        if i is None:
+        picked = self.strategy.pick(self, inst)
+        if picked is None:
             return False
-        self._start(inst, i, victim)
+        self._start(inst, *picked)
         return True
+
+    # The Hall protocol, for strategies.
+
+    def pop_front(self, inst: Instance) -> int | None:
+        return self._pop_front(inst)
+
+    def pop_back(self, inst: Instance) -> int | None:
+        return self._pop_back(inst)
+
+    def peek_front(self, inst: Instance) -> int | None:
+        while inst.ready_front:
+            i = inst.ready_front[0][1]
+            if self._valid(inst, i):
+                return i
+            heapq.heappop(inst.ready_front)
+        return None
+
+    def siblings_by_load(self, inst: Instance) -> list[Instance]:
+        """The other instances of its specialist that hold tasks, busiest first."""
+        return sorted(
+            (s for s in self.instances[inst.specialist] if s is not inst and s.remaining > 0),
+            key=lambda s: (-s.remaining, s.number),
+        )
+
+    def weight(self, task: int) -> float:
+        return self.tasks[task].estimate or 0.0
 
     def _start(self, inst: Instance, i: int, victim: Instance | None) -> None:
         spec = inst.specialist
@@ -664,8 +755,12 @@ class Scheduler:
         """Piles per specialist: min(N, limit) instances each, shared fairly under total."""
         by_spec = self._members(rank, only_waiting=only_waiting)
         demand = {s: min(len(m), self.limits[s]) for s, m in by_spec.items()}
-        share = fair_share(demand, self.total)
-        return {s: self.strategy.assign(by_spec[s], k) if k else [] for s, k in share.items()}
+        work = {s: sum(self.weight(i) or 1.0 for i in m) for s, m in by_spec.items()}
+        share = fair_share(demand, self.total, work)
+        return {
+            s: self.strategy.assign(by_spec[s], k, self.weight) if k else []
+            for s, k in share.items()
+        }
 
     def _advance_phase(self) -> None:
         while self.phase_rank < len(PHASES):
@@ -686,10 +781,14 @@ class Scheduler:
         for spec, piles in deal.items():
             for pile in piles:
                 self._remaining[spec] += len(pile)
-                self._spawn(spec, pile)
+                inst = self._spawn(spec, pile)
+                now = self.clock()
+                self._out.extend(Queued(self.tasks[i].id, inst.name, now) for i in pile)
             if not piles:
                 self._orphans[spec].extend(members[spec])
                 self._remaining[spec] += len(members[spec])
+                now = self.clock()
+                self._out.extend(Queued(self.tasks[i].id, None, now) for i in members[spec])
         for t in self.tasks:
             if t.phase_rank == rank:
                 self._check_ready(t.index)

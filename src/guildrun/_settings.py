@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ._errors import UsageError
 from ._retry import RetrySettings
 
-Strategy = Literal["work-stealing", "round-robin"]
-STRATEGIES: tuple[str, ...] = ("work-stealing", "round-robin")
+Strategy = Literal["work-stealing", "round-robin", "longest-first", "auto"]
+STRATEGIES: tuple[str, ...] = ("work-stealing", "round-robin", "longest-first", "auto")
 
 
 DEFAULT_IGNORE = (
@@ -49,7 +49,8 @@ class Settings(BaseModel):
         default="work-stealing",
         description=(
             "How tasks reach instances: 'work-stealing' (round-robin assignment, idle instances "
-            "steal from the back of the busiest sibling) or 'round-robin' (static assignment)."
+            "steal from the back of the busiest sibling), 'round-robin' (static assignment), "
+            "'longest-first' (by task estimates) or 'auto' (the one the simulation finds best)."
         ),
     )
     timeout: float | None = Field(
@@ -72,6 +73,15 @@ class Settings(BaseModel):
     ownership: bool = Field(
         default=True,
         description="Catch and undo writes outside the files a task owns (and its `writes`).",
+    )
+    sample_interval: float = Field(
+        default=1.0, ge=0, description="Seconds between CPU and memory samples (0: none)."
+    )
+    max_cpu: float | None = Field(
+        default=None, gt=0, le=100, description="Hold back new starts while machine CPU % is above."
+    )
+    min_free_memory_mb: float | None = Field(
+        default=None, ge=0, description="Hold back new starts while free memory (MB) is below."
     )
     ignore: list[str] = Field(
         default_factory=lambda: list(DEFAULT_IGNORE),
