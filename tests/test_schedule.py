@@ -296,3 +296,47 @@ def test_fair_share_follows_the_work() -> None:
         "b": 1,
         "c": 1,
     }
+
+
+def test_affinity_keeps_a_scope_on_one_instance_without_unbalancing() -> None:
+    data = tasks_plan(9)
+    data["settings"] = {"affinity": "scope"}
+    for t, scope in zip(data["tasks"], "aaabbbbcc", strict=True):
+        t["scope"] = scope
+    sched = Scheduler(compiled(data), limits={"interface": 3}, total=20)
+    piles = sched.plan_instances()["interface"]
+    assert sorted(len(p) for p in piles) == [3, 3, 3]  # as balanced as round-robin
+    scopes = [{data["tasks"][int(t) - 1]["scope"] for t in p} for p in piles]
+    # a (3) and c (2) each stay whole; b (4) cannot fit one pile of 3, so it is split once.
+    assert {"a"} in scopes
+    assert sum(1 for s in scopes if "c" in s) == 1
+    assert sum(1 for s in scopes if "b" in s) == 2
+
+
+def test_affinity_by_folder() -> None:
+    data = tasks_plan(4)
+    data["settings"] = {"affinity": "folder"}
+    for t, f in zip(data["tasks"], ["x/1.py", "y/1.py", "x/2.py", "y/2.py"], strict=True):
+        t["files"] = [f]
+    sched = Scheduler(compiled(data), limits={"interface": 2}, total=20)
+    assert sorted(sched.plan_instances()["interface"]) == [["1", "3"], ["2", "4"]]
+
+
+def test_can_help_takes_overflow_of_a_busy_specialist() -> None:
+    data: dict[str, Any] = {
+        "specialists": {
+            "writer": {"run": ["true"], "instances": 1},
+            "tester": {"run": ["true"], "instances": 1, "can_help": ["writer"]},
+        },
+        "tasks": [
+            *({"id": f"w{i}", "specialist": "writer"} for i in range(4)),
+            {"id": "t0", "specialist": "tester"},
+        ],
+    }
+    plan = compiled(data)
+    sim = simulate(plan, lambda _t: 1.0, limits={"writer": 1, "tester": 1}, total=20)
+    by = {iv.task: iv for iv in sim.intervals}
+    helped = [iv for iv in sim.intervals if iv.task.startswith("w") and iv.instance == "tester#1"]
+    assert helped and all(iv.stolen for iv in helped)
+    assert sim.wall == 3.0  # 5 one-second tasks on 2 instances, not 4 s on the writer alone
+    assert by["t0"].instance == "tester#1"

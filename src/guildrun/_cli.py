@@ -184,6 +184,15 @@ def _reporter(args: argparse.Namespace, con: _Consoles, stack: contextlib.ExitSt
     return Tee(*parts) if len(parts) != 1 else parts[0]
 
 
+def _own_files(args: argparse.Namespace, root: Path) -> list[str]:
+    """guildrun's own outputs inside the project, which no task is to blame for."""
+    if args.events and args.events != "-":
+        path = Path(args.events).resolve()
+        if path.is_relative_to(root):
+            return [path.relative_to(root).as_posix()]
+    return []
+
+
 def _finish(summary: Summary, args: argparse.Namespace, con: _Consoles) -> int:
     if args.json:
         print(json.dumps(summary.to_json()))
@@ -203,7 +212,10 @@ def _cmd_run(args: argparse.Namespace, con: _Consoles) -> int:
     with contextlib.ExitStack() as stack:
         summary = asyncio.run(
             run_prepared(
-                prepared, reporter=_reporter(args, con, stack), crash_after_commit=_crash_hook()
+                prepared,
+                reporter=_reporter(args, con, stack),
+                crash_after_commit=_crash_hook(),
+                own_files=_own_files(args, prepared.root),
             )
         )
     return _finish(summary, args, con)
@@ -220,6 +232,7 @@ def _cmd_resume(args: argparse.Namespace, con: _Consoles) -> int:
                 retry_failed=args.retry_failed,
                 reporter=_reporter(args, con, stack),
                 crash_after_commit=_crash_hook(),
+                own_files=_own_files(args, find_root(args.root)),
             )
         )
     return _finish(summary, args, con)

@@ -226,6 +226,7 @@ class Engine:
         resume: ResumeState | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        own_files: Iterable[str] = (),
     ) -> None:
         self.p = prepared
         self.plan = prepared.plan
@@ -252,6 +253,7 @@ class Engine:
         self.scheduler: Scheduler  # made when the run starts
         self.baseline: Baseline | None = None
         self._ignore = tuple(glob_to_regex(g) for g in self.settings.ignore)
+        self._own_files = frozenset(own_files)  # guildrun's own outputs in the tree (--events)
         self._ran_since_check: set[str] = set()
         self._carry: set[str] = set()
         self._base_env = dict(os.environ)
@@ -613,7 +615,7 @@ class Engine:
         touched: dict[str, list[str]] = {t: [] for t in ended}
         stray: list[str] = []
         for path in sorted(changed):
-            if any(p.match(path) for p in self._ignore):
+            if path in self._own_files or any(p.match(path) for p in self._ignore):
                 continue
             if any(self._allowed(t, path) for t in still):
                 self._carry.add(path)  # judged when its owner ends
@@ -868,11 +870,19 @@ async def run_prepared(
     run_id: str | None = None,
     resume: ResumeState | None = None,
     crash_after_commit: int | None = None,
+    own_files: Iterable[str] = (),
 ) -> Summary:
     """Run an already prepared plan; Ctrl-C and SIGTERM stop it cleanly (exit code 130)."""
     journal = Journal(journal_path(prepared.root), crash_after_commit=crash_after_commit)
     try:
-        engine = Engine(prepared, journal, reporter=reporter, run_id=run_id, resume=resume)
+        engine = Engine(
+            prepared,
+            journal,
+            reporter=reporter,
+            run_id=run_id,
+            resume=resume,
+            own_files=own_files,
+        )
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
         if handle_signals:

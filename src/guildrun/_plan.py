@@ -81,6 +81,13 @@ class Specialist(BaseModel):
     on_violation: Literal["fail", "sequential"] | None = Field(
         default=None, description="Overrides settings.on_violation."
     )
+    affinity: Literal["none", "scope", "folder"] | None = Field(
+        default=None, description="Overrides settings.affinity."
+    )
+    can_help: list[str] = Field(
+        default_factory=list,
+        description="Specialists whose overflow work an idle instance of this one may take.",
+    )
     func: SkipJsonSchema[Callable[..., Any] | None] = Field(default=None, exclude=True)
 
     @field_validator("env", mode="before")
@@ -353,6 +360,8 @@ class SpecialistSpec:
     env: Mapping[str, str]
     instances: int | None
     timeout: float | None
+    affinity: str | None = None
+    can_help: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -428,7 +437,17 @@ def _compile_specialists(plan: Plan) -> dict[str, SpecialistSpec]:
             env=dict(spec.env),
             instances=spec.instances,
             timeout=spec.timeout,
+            affinity=spec.affinity,
+            can_help=tuple(dict.fromkeys(spec.can_help)),
         )
+    for name, spec in plan.specialists.items():
+        for j, other in enumerate(spec.can_help):
+            if other not in plan.specialists or other == name:
+                raise _fail(
+                    ("specialists", name, "can_help", j),
+                    f"specialist {name!r} cannot help {other!r}: "
+                    + ("itself" if other == name else "no such specialist"),
+                )
     return out
 
 

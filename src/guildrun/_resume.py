@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
@@ -177,6 +178,7 @@ async def resume_async(
     reporter: Reporter | None = None,
     handle_signals: bool = True,
     crash_after_commit: int | None = None,
+    own_files: Iterable[str] = (),
 ) -> Summary:
     """Continue an interrupted run (the latest one when `run_id` is None)."""
     prepared, rid, state = prepare_resume(root, run_id, plan=plan, retry_failed=retry_failed)
@@ -187,6 +189,7 @@ async def resume_async(
         run_id=rid,
         resume=state,
         crash_after_commit=crash_after_commit,
+        own_files=own_files,
     )
 
 

@@ -245,6 +245,36 @@ def fair_share(
     return share
 
 
+def _folder(files: Sequence[str]) -> str | None:
+    return files[0].rsplit("/", 1)[0] if files and "/" in files[0] else None
+
+
+def affine(
+    tasks: Sequence[int], sizes: Sequence[int], key: Callable[[int], str | None]
+) -> list[list[int]]:
+    """Deal tasks into piles of the given sizes, keeping tasks of one key together.
+
+    The sizes are round-robin's (they differ by at most one), so balance is kept; a
+    group larger than the room left in any pile is split over the roomiest ones.
+    Each pile keeps plan order.
+    """
+    groups: dict[object, list[int]] = {}
+    for t in tasks:
+        k = key(t)
+        groups.setdefault(k if k is not None else ("task", t), []).append(t)
+    room = list(sizes)
+    piles: list[list[int]] = [[] for _ in sizes]
+    for members in sorted(groups.values(), key=len, reverse=True):
+        left = list(members)
+        while left:
+            j = max(range(len(room)), key=lambda j: (room[j] >= len(left), room[j], -j))
+            take = left[: room[j]]
+            piles[j].extend(take)
+            room[j] -= len(take)
+            left = left[len(take) :]
+    return [sorted(p) for p in piles]
+
+
 # ------------------------------------------------------------------ instances
 
 
@@ -285,6 +315,11 @@ class Scheduler:
         self.total = total
         self.strategy = strategy or WorkStealing()
         self.clock = clock
+        self._helps = {s: spec.can_help for s, spec in plan.specialists.items()}
+        default_affinity = plan.settings.affinity
+        self._affinity = {
+            s: spec.affinity or default_affinity for s, spec in plan.specialists.items()
+        }
         n = len(self.tasks)
         self.state = [State.WAITING] * n
         self.cause: dict[int, str] = {}
@@ -396,6 +431,8 @@ class Scheduler:
                 if self.running >= self.total:
                     break
             if self.running < self.total and self._scale_up():
+                progressed = True
+            if self.running < self.total and self._help():
                 progressed = True
             if not progressed:
                 break
@@ -694,6 +731,7 @@ class Scheduler:
             self._remaining[spec] += len(tasks)
 
     def _retire_idle(self) -> None:
+        """Dynamic scaling down: an idle instance with nothing it could still do retires."""
         for spec, insts in self.instances.items():
             for inst in list(insts):
                 if not inst.idle:
@@ -701,8 +739,38 @@ class Scheduler:
                 nothing_left = (
                     self._remaining[spec] == 0 if self.strategy.steals else inst.remaining == 0
                 )
-                if nothing_left:
+                if nothing_left and all(self._remaining[o] == 0 for o in self._helps[spec]):
                     self._retire(inst)
+
+    def _help(self) -> bool:
+        """Cross-specialist stealing: an idle instance takes overflow work it may help with."""
+        started = False
+        for spec, others in self._helps.items():
+            if not others:
+                continue
+            for inst in self.instances[spec]:
+                if self.running >= self.total:
+                    return started
+                if not inst.idle or self._ready_count[spec] > 0:
+                    continue
+                for other in others:
+                    if self._ready_count[other] == 0:
+                        continue
+                    if any(x.idle for x in self.instances[other]):
+                        continue  # the owner can take it itself
+                    victims = sorted(
+                        (x for x in self.instances[other] if x.remaining > 0),
+                        key=lambda x: (-x.remaining, x.number),
+                    )
+                    for victim in victims:
+                        i = self._pop_back(victim)
+                        if i is not None:
+                            self._start(inst, i, victim)
+                            started = True
+                            break
+                    if not inst.idle:
+                        break
+        return started
 
     def _scale_up(self) -> bool:
         """Give a specialist with ready work and no free instance another instance.
@@ -757,10 +825,21 @@ class Scheduler:
         demand = {s: min(len(m), self.limits[s]) for s, m in by_spec.items()}
         work = {s: sum(self.weight(i) or 1.0 for i in m) for s, m in by_spec.items()}
         share = fair_share(demand, self.total, work)
-        return {
-            s: self.strategy.assign(by_spec[s], k, self.weight) if k else []
-            for s, k in share.items()
-        }
+        out: dict[str, list[list[int]]] = {}
+        for s, k in share.items():
+            piles = self.strategy.assign(by_spec[s], k, self.weight) if k else []
+            key = self._affinity_key(self._affinity[s])
+            if key is not None and k > 1 and not isinstance(self.strategy, LongestFirst):
+                piles = affine(by_spec[s], [len(p) for p in piles], key)
+            out[s] = piles
+        return out
+
+    def _affinity_key(self, affinity: str) -> Callable[[int], str | None] | None:
+        if affinity == "scope":
+            return lambda i: self.tasks[i].scope
+        if affinity == "folder":
+            return lambda i: _folder(self.tasks[i].files)
+        return None
 
     def _advance_phase(self) -> None:
         while self.phase_rank < len(PHASES):

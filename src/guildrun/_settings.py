@@ -65,6 +65,13 @@ class Settings(BaseModel):
         default_factory=RetrySettings,
         description="Retries with exponential backoff; specialists and tasks may refine it.",
     )
+    affinity: Literal["none", "scope", "folder"] = Field(
+        default="none",
+        description=(
+            "Keep a specialist's tasks of one scope (or top folder) on one instance, where that "
+            "unbalances the instances by no more than one task."
+        ),
+    )
     isolation: Literal["none", "scope"] = Field(
         default="none",
         description="'scope': a task that fails for good stops the rest of its scope.",
