@@ -105,18 +105,26 @@ def _describe(ev: Event) -> str | None:
 
 
 class LiveReporter(Reporter):
-    """A rich live table: each specialist, its instances and what each is running."""
+    """A rich live table: each specialist, its instances, what each runs and has queued.
+
+    State is updated per event (a few dictionary operations); drawing happens on rich's
+    own timer, four times a second, whatever the rate of events.
+    """
 
     def __init__(self, console: Console) -> None:
         self.console = console
         self.t0 = time.time()
         self.live: Live | None = None
+        self.run_id = ""
         self.total = 0
-        self.counts = {"done": 0, "failed": 0, "skipped": 0}
+        self.counts = {"done": 0, "failed": 0, "skipped": 0, "retries": 0}
         self.running: dict[str, str] = {}  # instance -> task
+        self.queued: dict[str, set[str]] = {}  # instance -> tasks dealt to it, not started
         self.instances: dict[str, list[str]] = {}
+        self.durations: list[float] = []
         self.phase = ""
-        self.recent: list[str] = []
+        self.held = ""
+        self.recent: list[Text] = []
 
     def run_started(self, run_id: str, plan: CompiledPlan, limits: Mapping[str, int]) -> None:
         self.run_id = run_id
@@ -128,17 +136,31 @@ class LiveReporter(Reporter):
 
     def events(self, events: Iterable[Event]) -> None:
         for ev in events:
-            k = ev.kind
-            if k == "task_started" and ev.instance and ev.task:
+            k, d = ev.kind, ev.data or {}
+            if k == "task_queued" and ev.task:
+                self.queued.setdefault(ev.instance or "", set()).add(ev.task)
+            elif k == "task_started" and ev.instance and ev.task:
                 self.running[ev.instance] = ev.task
+                for pile in self.queued.values():
+                    pile.discard(ev.task)
             elif k == "task_finished":
                 self._free(ev.task)
-                ok = (ev.data or {}).get("status") == "ok"
+                ok = d.get("status") == "ok"
                 self.counts["done" if ok else "failed"] += 1
+                if "duration" in d:
+                    self.durations.append(float(d["duration"]))
                 if not ok:
-                    self._note(f"[red]failed[/] {ev.task}: {(ev.data or {}).get('error')}")
+                    self._note("failed", "red", f"{ev.task}: {d.get('error')}")
+            elif k == "task_retry":
+                self._free(ev.task)
+                self.counts["retries"] += 1
+                self._note(
+                    "retry", "yellow", f"{ev.task} in {d.get('retry_in')}s: {d.get('error')}"
+                )
             elif k == "task_skipped":
                 self.counts["skipped"] += 1
+                for pile in self.queued.values():
+                    pile.discard(ev.task or "")
             elif k == "instance_spawned" and ev.instance:
                 spec = ev.instance.rpartition("#")[0]
                 self.instances.setdefault(spec, []).append(ev.instance)
@@ -147,33 +169,63 @@ class LiveReporter(Reporter):
                 if ev.instance in self.instances.get(spec, []):
                     self.instances[spec].remove(ev.instance)
             elif k == "phase_started":
-                self.phase = str((ev.data or {}).get("phase", ""))
+                self.phase = str(d.get("phase", ""))
+            elif k == "guard_hold":
+                self.held = str(d.get("reason", ""))
+            elif k == "guard_release":
+                self.held = ""
 
     def _free(self, task: str | None) -> None:
         for inst, t in list(self.running.items()):
             if t == task:
                 del self.running[inst]
 
-    def _note(self, text: str) -> None:
-        self.recent = [*self.recent[-4:], text]
+    def _note(self, label: str, colour: str, text: str) -> None:
+        line = Text(f"{label} ", style=colour)
+        line.append(text)  # plain text: task ids and errors are never read as markup
+        self.recent = [*self.recent[-4:], line]
+
+    def eta(self) -> float | None:
+        """Left-over work over the instances working on it, at the mean task length so far."""
+        left = self.total - self.counts["done"] - self.counts["failed"] - self.counts["skipped"]
+        if not self.durations or left <= 0:
+            return None
+        width = max(1, len(self.running))
+        return left * (sum(self.durations) / len(self.durations)) / width
 
     def _render(self) -> RenderableType:
-        finished = sum(self.counts.values())
-        head = Text.from_markup(
-            f"[bold]guildrun[/] {self.run_id}  phase [cyan]{self.phase}[/]  "
-            f"{finished}/{self.total} finished  "
-            f"[green]{self.counts['done']} done[/]  [red]{self.counts['failed']} failed[/]  "
-            f"[yellow]{self.counts['skipped']} skipped[/]  {time.time() - self.t0:.1f}s"
+        finished = self.counts["done"] + self.counts["failed"] + self.counts["skipped"]
+        eta = self.eta()
+        head = Text.assemble(
+            ("guildrun ", "bold"),
+            f"{self.run_id}  phase ",
+            (self.phase, "cyan"),
+            f"  {finished}/{self.total} finished  ",
+            (f"{self.counts['done']} done", "green"),
+            "  ",
+            (f"{self.counts['failed']} failed", "red"),
+            "  ",
+            (f"{self.counts['skipped']} skipped", "yellow"),
+            "  ",
+            f"{self.counts['retries']} retries  {time.time() - self.t0:.1f}s",
+            f"  ETA {eta:.0f}s" if eta is not None else "",
         )
         table = Table(box=None, show_header=True, header_style="bold")
-        table.add_column("specialist")
-        table.add_column("instance")
-        table.add_column("running")
+        for col in ("specialist", "instance", "running", "queued"):
+            table.add_column(col)
         for spec, insts in self.instances.items():
             for inst in insts:
-                table.add_row(spec, inst, self.running.get(inst, "[dim]idle[/]"))
+                task = self.running.get(inst)
+                table.add_row(
+                    spec,
+                    inst,
+                    Text(task) if task else Text("idle", style="dim"),
+                    str(len(self.queued.get(inst, ()))),
+                )
         parts: list[RenderableType] = [head, table]
-        parts.extend(Text.from_markup(r) for r in self.recent)
+        if self.held:
+            parts.append(Text(f"holding new starts: {self.held}", style="yellow"))
+        parts.extend(self.recent)
         return Group(*parts)
 
     def run_ended(self, summary: Summary) -> None:
