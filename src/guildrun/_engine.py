@@ -320,6 +320,14 @@ class Engine:
         self.result_dir.mkdir(parents=True, exist_ok=True)
         try:
             return await self._execute()
+        except Exception as exc:
+            # A bug in guildrun must not leave agents running or the run looking alive:
+            # stop them, roll their files back, and leave the run resumable.
+            with contextlib.suppress(Exception):
+                await self._cancel_running(f"engine error: {type(exc).__name__}")
+            with contextlib.suppress(Exception), self.journal.transaction():
+                self.journal.end_run(self.run_id, "interrupted", self.clock())
+            raise
         finally:
             if self.watcher is not None:
                 self.watcher.stop()
@@ -350,7 +358,16 @@ class Engine:
         if self.settings.ownership:
             with self.timings("ownership"):
                 self.baseline = Baseline.take(self.p.root, self.store)
-                self.watcher = Watcher(self.p.root)
+                try:
+                    self.watcher = Watcher(self.p.root)
+                except OSError as exc:
+                    # Out of inotify watches (a huge tree): compare the tree at each check.
+                    with self.journal.transaction() as note:
+                        self.journal.event(
+                            self.run_id,
+                            Event("watcher_unavailable", self.clock(), data={"error": str(exc)}),
+                        )
+                    opening += note
         # Made only now, so that its first decisions are stamped inside the run.
         self.scheduler = Scheduler(
             self.plan,
@@ -412,7 +429,7 @@ class Engine:
             self._running.pop(tid, None)
         verdicts: dict[str, list[str]] = {}
         touched: dict[str, list[str]] = {}
-        if ended and self.watcher is not None:
+        if ended and self.baseline is not None:
             with self.timings("ownership"):
                 verdicts, touched = self._check_files([tid for tid, _, _ in ended])
         with self.timings("journal"), self.journal.transaction() as committed:
@@ -604,8 +621,8 @@ class Engine:
 
         Returns (violations by task, paths each ended task touched that it may touch).
         """
-        assert self.watcher is not None and self.baseline is not None
-        changed = self.watcher.take()
+        assert self.baseline is not None
+        changed = self.watcher.take() if self.watcher is not None else None
         if changed is None:  # the watcher fell behind: compare the whole tree instead
             changed = self._rescan()
         changed |= self._carry
