@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import signal
 import sqlite3
@@ -646,3 +647,71 @@ def journal_exists(root: Path) -> Iterator[bool]:
             yield False
     finally:
         conn.close()
+
+
+# ------------------------------------------------------------------ hostile agents
+
+
+def shell_task(project: Path, script: str, files: list[str], **extra: Any) -> guildrun.Summary:
+    plan = guildrun.Plan.model_validate(
+        {
+            "specialists": {"a": {"shell": True, "run": script, **extra}},
+            "tasks": [{"id": "T", "specialist": "a", "files": files}],
+        }
+    )
+    return guildrun.run(plan, root=project)
+
+
+def tree(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): (
+            f"-> {os.readlink(p)}" if p.is_symlink() else p.read_text()
+        )
+        for p in sorted(root.rglob("*"))
+        if ".guildrun" not in p.parts and (p.is_file() or p.is_symlink())
+    }
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "mv docs ../gone",
+        "mv docs docs2",
+        "mv docs/sub ../gone2",
+        "rm -rf docs",
+        "mkdir -p new/deep && echo z > new/deep/z",
+        "ln -s /nonexistent dangling",
+        "ln -s /etc docs/etc",
+    ],
+)
+def test_folder_moves_links_and_deletes_are_caught_and_undone(project: Path, script: str) -> None:
+    (project / "docs" / "sub").mkdir(parents=True)
+    (project / "docs" / "a.md").write_text("a\n")
+    (project / "docs" / "sub" / "b.md").write_text("b\n")
+    (project / "f").write_text("x\n")
+    before = tree(project)
+    summary = shell_task(project, script, ["f"])
+    assert summary.failed == 1
+    assert (summary.tasks[0].cause or "").startswith("ownership violation")
+    assert tree(project) == before
+
+
+def test_restore_never_writes_through_a_link_out_of_the_root(project: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (project / "sub").mkdir()
+    (project / "sub" / "a.txt").write_text("original\n")
+    script = f"rm -rf sub && ln -s {outside} sub && exit 1"
+    summary = shell_task(project, script, ["sub/a.txt"])
+    assert summary.failed == 1
+    assert list(outside.iterdir()) == []
+    assert not (project / "sub").is_symlink()
+    assert (project / "sub" / "a.txt").read_text() == "original\n"
+
+
+def test_an_owned_file_replaced_by_a_folder_is_rolled_back(project: Path) -> None:
+    (project / "f").write_text("orig\n")
+    summary = shell_task(project, "rm f; mkdir f; echo 1 > f/x; exit 1", ["f"], writes=["f/**"])
+    assert summary.failed == 1 and summary.tasks[0].cause == "exit status 1"
+    assert (project / "f").read_text() == "orig\n"
+    assert sorted(p.name for p in project.iterdir()) == [".guildrun", "f"]

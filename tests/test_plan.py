@@ -254,3 +254,15 @@ def test_settings_precedence(guildrun: Runner, project: Path) -> None:
     (project / "guildrun.toml").unlink()
     (project / "pyproject.toml").write_text("[tool.guildrun]\nper_agent_type = 8\n")
     assert limits(env=clean) == (8, 7)
+
+
+def test_bad_globs_and_unloadable_python_are_plan_errors(guildrun: Runner, project: Path) -> None:
+    check_error(
+        guildrun,
+        project,
+        GOOD.replace('files: ["src/components/**"]', 'files: ["[z-a]"]'),
+        "specialists.interface.files[0]",
+        "bad glob pattern",
+    )
+    text = GOOD.replace("    run: echo {task_id}\n", "    python: no_such_module_x:f\n")
+    check_error(guildrun, project, text, "specialists.service.python", "no_such_module_x")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import random
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,14 @@ from hypothesis import strategies as st
 
 from guildrun._plan import PHASES, CompiledPlan
 from guildrun._schedule import (
+    STRATEGY_NAMES,
     RoundRobin,
     Scheduler,
     Skipped,
     Started,
     State,
     WorkStealing,
+    distribution,
     fair_share,
 )
 from guildrun._simulate import simulate
@@ -340,3 +343,100 @@ def test_can_help_takes_overflow_of_a_busy_specialist() -> None:
     assert helped and all(iv.stolen for iv in helped)
     assert sim.wall == 3.0  # 5 one-second tasks on 2 instances, not 4 s on the writer alone
     assert by["t0"].instance == "tester#1"
+
+
+# ------------------------------------------------------------------ random operations
+
+
+def _random_plan(rng: random.Random) -> dict[str, Any]:
+    names = [f"s{k}" for k in range(rng.randint(1, 4))]
+    specs = {
+        s: {
+            "run": ["true"],
+            "can_help": [o for o in names if o != s and rng.random() < 0.3],
+            "affinity": rng.choice([None, "scope", "folder"]),
+        }
+        for s in names
+    }
+    tasks: list[dict[str, Any]] = []
+    for k in range(rng.randint(1, 12)):
+        phase = rng.choice(PHASES[: rng.randint(1, 4)])
+        deps = [
+            t["id"]
+            for t in tasks
+            if rng.random() < 0.2 and PHASES.index(t["phase"]) <= PHASES.index(phase)
+        ]
+        tasks.append(
+            {
+                "id": f"t{k}",
+                "specialist": rng.choice(names),
+                "files": [
+                    f"d{rng.randint(0, 2)}/f{rng.randint(0, 4)}" for _ in range(rng.randint(0, 2))
+                ],
+                "locks": ["L"] if rng.random() < 0.15 else [],
+                "depends_on": deps,
+                "phase": phase,
+                "scope": rng.choice([None, "a", "b"]),
+                "estimate": rng.choice([None, 1, 5, 10]),
+            }
+        )
+    return {"specialists": specs, "tasks": tasks}
+
+
+def _check_books(s: Scheduler, limits: dict[str, int], total: int) -> None:
+    assert s.running <= total and s.alive <= total
+    assert s.alive == sum(len(v) for v in s.instances.values())
+    for spec, insts in s.instances.items():
+        assert len(insts) <= limits[spec]
+        mine = [t for t in s.tasks if t.specialist == spec]
+        assert s._ready_count[spec] == sum(s.state[t.index] is State.READY for t in mine)
+        owned = sum(s._owner[t.index] is not None for t in mine)
+        assert s._remaining[spec] == owned + len(s._orphans[spec])
+        for inst in insts:
+            assert inst.remaining == sum(s._owner[i] is inst for i in range(len(s.tasks)))
+
+
+def test_random_operations_keep_the_books_and_never_stall() -> None:
+    """Random plans, finished, failed, retried, run alone, abandoned and resumed at random."""
+    for seed in range(400):
+        rng = random.Random(seed)
+        plan = compiled(_random_plan(rng))
+        total = rng.randint(1, 4)
+        limits = {s: min(rng.randint(1, 3), total) for s in plan.specialists}
+        done = [t.id for t in plan.tasks if rng.random() < 0.1]
+        s = Scheduler(
+            plan,
+            limits=limits,
+            total=total,
+            strategy=distribution(rng.choice(list(STRATEGY_NAMES))),
+            done=done,
+        )
+        sleeping: list[str] = []
+        tries: dict[str, int] = {}
+        s.dispatch()
+        for _ in range(500):
+            _check_books(s, limits, total)
+            if s.finished:
+                break
+            running = sorted(t.id for t in s.tasks if s.state[t.index] is State.RUNNING)
+            assert running or sleeping, f"seed {seed}: stalled"
+            if sleeping and (not running or rng.random() < 0.3):
+                s.wake(sleeping.pop(rng.randrange(len(sleeping))))
+                s.dispatch()
+                continue
+            tid = rng.choice(running)
+            tries[tid] = tries.get(tid, 0) + 1
+            r = rng.random()
+            if r < 0.15 and tries[tid] < 4:
+                s.finish(tid, False, retry=True)
+                sleeping.append(tid)
+            elif r < 0.25 and tries[tid] < 4:
+                s.finish(tid, False, solo=True)
+            elif r < 0.4:
+                s.finish(tid, False)
+                if rng.random() < 0.2:
+                    s.abandon("stopped", scope=rng.choice(["a", "b"]))
+            else:
+                s.finish(tid, True)
+            s.dispatch()
+        assert s.finished, f"seed {seed}"

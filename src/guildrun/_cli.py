@@ -318,6 +318,19 @@ def _cmd_plan(args: argparse.Namespace, out: Console) -> int:
 
 def _cmd_validate(args: argparse.Namespace, out: Console) -> int:
     prepared = _prepare(args)
+    from ._errors import PlanError
+    from ._runners import load_callable
+
+    for name, spec in prepared.plan.specialists.items():
+        if spec.python is not None:
+            try:
+                load_callable(spec.python)
+            except Exception as exc:
+                raise PlanError(
+                    f"cannot load {spec.python!r}: {type(exc).__name__}: {exc}",
+                    file=prepared.plan.source,
+                    field=f"specialists.{name}.python",
+                ) from None
     phases = ", ".join(p for p in PHASES if p in prepared.plan.phases())
     out.print(
         f"{args.plan}: valid; {len(prepared.plan.tasks)} tasks in {phases or 'no phase'}",

@@ -626,6 +626,7 @@ class Engine:
         if changed is None:  # the watcher fell behind: compare the whole tree instead
             changed = self._rescan()
         changed |= self._carry
+        changed = self.baseline.expand(changed)
         self._carry = set()
         still = set(self._running)
         suspects = self._ran_since_check | set(ended)
@@ -669,7 +670,7 @@ class Engine:
         assert self.baseline is not None
         seen = {}
         for rel, st in walk(self.p.root):
-            seen[rel] = Stat.of(st)
+            seen[rel] = Stat.of(st, self.p.root / rel)
         index = self.baseline.index
         changed = {p for p, s in seen.items() if index.get(p) != s}
         changed |= set(index) - set(seen)

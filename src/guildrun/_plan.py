@@ -462,8 +462,25 @@ def _split(run: list[str] | str, where: FieldPath) -> list[str]:
         raise _fail(where, f"cannot split the command: {exc}") from None
 
 
+def _globs(plan: Plan) -> None:
+    """Every glob of the plan compiles, or the error names its field."""
+    places: list[tuple[FieldPath, list[str]]] = [(("settings", "ignore"), plan.settings.ignore)]
+    for name, spec in plan.specialists.items():
+        places += [(("specialists", name, "files"), spec.files)]
+        places += [(("specialists", name, "writes"), spec.writes)]
+    for i, task in enumerate(plan.tasks):
+        places.append((("tasks", i, "writes"), task.writes))
+    for where, patterns in places:
+        for j, pattern in enumerate(patterns):
+            try:
+                glob_to_regex(pattern)
+            except ValueError as exc:
+                raise _fail((*where, j), str(exc)) from None
+
+
 def _compile_structure(plan: Plan, root: Path | None = None) -> CompiledPlan:
     specialists = _compile_specialists(plan)
+    _globs(plan)
     routes = [
         (name, [glob_to_regex(p) for p in spec.files]) for name, spec in plan.specialists.items()
     ]

@@ -192,10 +192,10 @@ class CommandRunner:
                 stderr=err_w,
                 start_new_session=True,
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or env
             for fd in (out_r, out_w, err_r, err_w):
                 os.close(fd)
-            msg = f"cannot start {job.argv[0]!r}: {exc.strerror or exc}"
+            msg = f"cannot start {job.argv[0]!r}: {getattr(exc, 'strerror', None) or exc}"
             job.stderr_path.write_text(msg + "\n")
             return Outcome("error", started, time.time(), error=msg)
         os.close(out_w)

@@ -361,6 +361,7 @@ class Scheduler:
         self._terminal_count = 0
         self._sleeping: set[int] = set()
         self._solo: list[int] = []
+        self._alone: int | None = None
         # A resumed run: tasks already done (and failed or skipped ones kept as they were).
         kept = {tid: State(s) for tid, s in (final or {}).items()}
         for tid in done:
@@ -371,11 +372,19 @@ class Scheduler:
             self._terminal_count += 1
             self._phase_left[self.tasks[i].phase_rank] -= 1
         for tid, st in kept.items():
-            i = by_id[tid].index
             if st is State.DONE:
-                for c in self._children[i]:
+                for c in self._children[by_id[tid].index]:
                     self._unmet[c] -= 1
-            self._release(i)
+        if kept:
+            # Each chain's head is its first task not ended; all others wait behind it.
+            self._blocked = [0] * n
+            for r, chain in self._chains.items():
+                h = 0
+                while h < len(chain) and self.state[chain[h]].terminal:
+                    h += 1
+                self._head[r] = h
+                for j in chain[h + 1 :]:
+                    self._blocked[j] += 1
         self._advance_phase()
 
     # -------------------------------------------------------------- queries
@@ -420,6 +429,8 @@ class Scheduler:
 
     def dispatch(self) -> list[Decision]:
         """Start everything that can start now; return what was decided, in order."""
+        if self._alone is not None:
+            return self._drain()  # a task that must run alone is running
         while self.running < self.total:
             progressed = False
             for insts in self.instances.values():
@@ -447,13 +458,23 @@ class Scheduler:
             return
         i = self._solo.pop(0)
         spec = self.tasks[i].specialist
-        for inst in list(self._by_name.values()):
-            if inst.idle and inst.remaining == 0:
-                self._retire(inst)
-        inst = self._spawn(spec)
+        # Nothing runs, so every instance is idle: reuse one of its specialist, or make
+        # room for one within both limits (a retired instance's pile goes to its siblings).
+        insts = self.instances[spec]
+        if insts:
+            inst = insts[0]
+        else:
+            for other in sorted(self._by_name.values(), key=lambda x: x.remaining):
+                if self.alive < self.total:
+                    break
+                self._retire(other)
+            orphans = list(self._orphans[spec])
+            self._orphans[spec].clear()
+            inst = self._spawn(spec, orphans)
         self.state[i] = State.READY
         self._ready_count[spec] += 1
         self._start(inst, i, None)
+        self._alone = i
 
     def finish(
         self, task_id: str, ok: bool, *, retry: bool = False, solo: bool = False
@@ -472,18 +493,15 @@ class Scheduler:
         inst.running = None
         self.running -= 1
         self.running_by[inst.specialist] -= 1
+        if self._alone == i:
+            self._alone = None
         if retry or solo:
             self.state[i] = State.WAITING
             if solo:
                 self._solo.append(i)
             else:
                 self._sleeping.add(i)
-                self._out.append(Queued(task_id, inst.name, self.clock()))
-                inst.front_position -= 1
-                self._position[i] = inst.front_position
-                self._owner[i] = inst
-                inst.remaining += 1
-                self._remaining[inst.specialist] += 1
+                self._requeue_front(i, inst)
             self._retire_idle()
             return self._drain()
         self._end(i, State.DONE if ok else State.FAILED)
@@ -496,6 +514,24 @@ class Scheduler:
         self._retire_idle()
         self._advance_phase()
         return self._drain()
+
+    def _requeue_front(self, i: int, ran_on: Instance) -> None:
+        """Put a task to be retried first on a pile of its own specialist (a helper's
+        instance may have run it), or park it until that specialist has an instance."""
+        own = self.tasks[i].specialist
+        home = ran_on if ran_on.specialist == own and ran_on in self.instances[own] else None
+        if home is None and self.instances[own]:
+            home = self.instances[own][0]
+        self._remaining[own] += 1
+        if home is None:
+            self._orphans[own].appendleft(i)
+            self._out.append(Queued(self.tasks[i].id, None, self.clock()))
+            return
+        home.front_position -= 1
+        self._position[i] = home.front_position
+        self._owner[i] = home
+        home.remaining += 1
+        self._out.append(Queued(self.tasks[i].id, home.name, self.clock()))
 
     def wake(self, task_id: str) -> list[Decision]:
         """A retry's backoff is over: the task may be picked again."""
@@ -546,7 +582,7 @@ class Scheduler:
         for r in self.tasks[i].resources:
             chain = self._chains[r]
             h = self._head[r]
-            if chain[h] != i:
+            if h >= len(chain) or chain[h] != i:
                 continue
             while h < len(chain) and self.state[chain[h]].terminal:
                 h += 1
@@ -655,17 +691,19 @@ class Scheduler:
         return self.tasks[task].estimate or 0.0
 
     def _start(self, inst: Instance, i: int, victim: Instance | None) -> None:
-        spec = inst.specialist
+        # The task's own specialist keeps its queue counts; the instance's specialist (a
+        # helper, with can_help) is the one whose slot is busy.
+        own = self.tasks[i].specialist
         owner = self._owner[i]
         if owner is not None:
             owner.remaining -= 1
-            self._remaining[spec] -= 1
+            self._remaining[own] -= 1
         self._owner[i] = None
-        self._ready_count[spec] -= 1
+        self._ready_count[own] -= 1
         self.state[i] = State.RUNNING
         inst.running = i
         self.running += 1
-        self.running_by[spec] += 1
+        self.running_by[inst.specialist] += 1
         self.instance_of[i] = inst.name
         if victim is not None:
             self.stolen_from[i] = victim.name

@@ -15,10 +15,13 @@ Three pieces:
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import logging
 import os
+import shutil
+import stat as stat_mod
 import subprocess
 import threading
 import time
@@ -69,8 +72,11 @@ class Store:
         return out
 
     def digest_of(self, rel: str) -> str | None:
+        path = self.root / rel
+        if path.is_symlink():  # never equal to a blob: a link where a file was is a change
+            return f"symlink:{path.readlink()}"
         try:
-            return hashlib.sha256((self.root / rel).read_bytes()).hexdigest()
+            return hashlib.sha256(path.read_bytes()).hexdigest()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
 
@@ -85,10 +91,15 @@ class Store:
         return changed
 
 
-def write_file(root: Path, rel: str, data: bytes | None) -> None:
-    """Write (or with None, delete) one file atomically, pruning folders it leaves empty."""
-    path = root / rel
-    if data is None:
+def write_file(root: Path, rel: str, data: bytes | None, *, link: str | None = None) -> None:
+    """Write (or with None, delete) one file atomically, pruning folders it leaves empty.
+
+    Never writes through a link: a folder on the way that an agent replaced with a link
+    leaving the root is removed and made again, and whatever stands at the path itself
+    (a folder, a link) is cleared first. With `link`, the path becomes that symlink.
+    """
+    path = _clear_way(root, rel)
+    if data is None and link is None:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         parent = path.parent
@@ -101,8 +112,34 @@ def write_file(root: Path, rel: str, data: bytes | None) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.guildrun-{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        if link is not None:
+            tmp.symlink_to(link)
+        else:
+            tmp.write_bytes(data or b"")
+        tmp.replace(path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _clear_way(root: Path, rel: str) -> Path:
+    root = root.resolve()
+    here = root
+    parts = rel.split("/")
+    for name in parts[:-1]:
+        here = here / name
+        escapes = here.is_symlink() and not here.resolve().is_relative_to(root)
+        if escapes or (here.exists() and not here.is_dir()):
+            here.unlink()
+    path = root / rel
+    if not path.parent.resolve().is_relative_to(root):
+        raise OSError(f"refusing to write {rel}: its folder leaves the project root")
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+    return path
 
 
 def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
@@ -120,7 +157,7 @@ def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
             try:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=False):
+                elif entry.is_file(follow_symlinks=False) or entry.is_symlink():
                     rel = os.path.relpath(entry.path, root).replace(os.sep, "/")
                     yield rel, entry.stat(follow_symlinks=False)
             except OSError:
@@ -131,9 +168,12 @@ def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
 class Stat:
     size: int
     mtime_ns: int
+    link: str | None = None  # the target, for a symlink
 
     @classmethod
-    def of(cls, st: os.stat_result) -> Stat:
+    def of(cls, st: os.stat_result, path: str | Path | None = None) -> Stat:
+        if path is not None and stat_mod.S_ISLNK(st.st_mode):
+            return cls(st.st_size, st.st_mtime_ns, str(Path(path).readlink()))
         return cls(st.st_size, st.st_mtime_ns)
 
 
@@ -152,7 +192,9 @@ class Baseline:
         self = cls(root, store)
         tracked, dirty = _git_state(root)
         for rel, st in walk(root):
-            self.index[rel] = Stat.of(st)
+            self.index[rel] = Stat.of(st, root / rel)
+            if self.index[rel].link is not None:
+                continue
             if rel in tracked and rel not in dirty:
                 self.git_blobs[rel] = tracked[rel]
             else:
@@ -160,11 +202,12 @@ class Baseline:
         return self
 
     def current(self, rel: str) -> Stat | None:
+        path = self.root / rel
         try:
-            st = (self.root / rel).stat()
+            st = path.lstat()
         except OSError:
             return None
-        return Stat.of(st) if not _is_dir(st) else None
+        return None if stat_mod.S_ISDIR(st.st_mode) else Stat.of(st, path)
 
     def differs(self, rel: str) -> bool:
         """Cheap first: size and mtime; a hash only when those changed but content may not."""
@@ -174,11 +217,33 @@ class Baseline:
             return (now is None) != (before is None)
         if now == before:
             return False
+        if now.link is not None or before.link is not None:
+            return now.link != before.link
         old = self.content.get(rel) or self._git_digest(rel)
         return old != self.store.digest_of(rel)
 
+    def expand(self, paths: Iterable[str]) -> set[str]:
+        """Paths, and for each that is or was a folder, the files in it then and now.
+
+        inotify names only the folder when one is moved or renamed, not what it held.
+        """
+        out = set(paths)
+        keys: list[str] | None = None
+        for p in list(out):
+            folder = self.root / p
+            if folder.is_dir() and not folder.is_symlink():
+                out.update(rel for rel, _ in walk_under(self.root, p))
+            if keys is None:
+                keys = sorted(self.index)
+            prefix = p + "/"
+            k = bisect.bisect_left(keys, prefix)
+            while k < len(keys) and keys[k].startswith(prefix):
+                out.add(keys[k])
+                k += 1
+        return out
+
     def original(self, rel: str) -> bytes | None:
-        if rel not in self.index:
+        if rel not in self.index or self.index[rel].link is not None:
             return None
         if rel in self.content:
             return self.store.get(self.content[rel])
@@ -195,7 +260,11 @@ class Baseline:
         return None if data is None else hashlib.sha256(data).hexdigest()
 
     def restore(self, rel: str) -> None:
-        write_file(self.root, rel, self.original(rel))
+        before = self.index.get(rel)
+        if before is not None and before.link is not None:
+            write_file(self.root, rel, None, link=before.link)
+        else:
+            write_file(self.root, rel, self.original(rel))
         self.accept(rel)
 
     def accept(self, rel: str) -> None:
@@ -208,13 +277,16 @@ class Baseline:
             return
         self.index[rel] = now
         self.git_blobs.pop(rel, None)
-        self.content[rel] = self.store.capture([rel])[rel] or ""
+        if now.link is None:
+            self.content[rel] = self.store.capture([rel])[rel] or ""
+        else:
+            self.content.pop(rel, None)
 
 
-def _is_dir(st: os.stat_result) -> bool:
-    import stat
-
-    return stat.S_ISDIR(st.st_mode)
+def walk_under(root: Path, rel_folder: str) -> Iterator[tuple[str, os.stat_result]]:
+    prefix = rel_folder.rstrip("/") + "/"
+    for rel, st in walk(root / rel_folder):
+        yield prefix + rel, st
 
 
 def _git_state(root: Path) -> tuple[dict[str, str], set[str]]:
@@ -248,7 +320,8 @@ class Watcher:
 
     The observer thread only adds to a set; the engine swaps the set out at each check.
     A check first writes a barrier file and waits until the observer reports it, so
-    every change made before the check is in the set it returns.
+    every change made before the check is in the set it returns. A folder moved away
+    is reported as the folder alone; `Baseline.expand` turns it into its files.
     """
 
     def __init__(self, root: Path) -> None:
@@ -292,33 +365,13 @@ class Watcher:
                     rel = p[len(root_s) :].replace(os.sep, "/")
                     with watcher._lock:
                         watcher._changed.add(rel)
-                    if event.is_directory and "/" not in rel and event.event_type == "created":
-                        watcher._watch_new_top(p)
 
-        # .git and .guildrun are not watched at all: the engine's own writes and git's
-        # churn would cost the observer thread (and the GIL) for nothing.
-        self._handler = Handler()
-        self._watched: set[str] = set()
+        # One recursive watch, so one inotify queue: its events come in the order they
+        # happened, and the barrier (inside .guildrun) comes after every change made
+        # before it, moves included. Events under .git and .guildrun are dropped above.
         self.observer = Observer()
-        self.observer.schedule(self._handler, str(root), recursive=False)
-        self.observer.schedule(self._handler, str(self._barrier_dir), recursive=False)
-        for entry in os.scandir(root):
-            if entry.name not in _SKIP and entry.is_dir(follow_symlinks=False):
-                self._watch(entry.path)
+        self.observer.schedule(Handler(), str(root), recursive=True)
         self.observer.start()
-
-    def _watch(self, path: str) -> None:
-        if path not in self._watched:
-            self._watched.add(path)
-            self.observer.schedule(self._handler, path, recursive=True)
-
-    def _watch_new_top(self, path: str) -> None:
-        """A folder made at the top after the start: watch it, and count what it already holds."""
-        self._watch(path)
-        root_s = str(self.root) + os.sep
-        found = [rel for rel, _ in walk(self.root) if rel.startswith(path[len(root_s) :] + "/")]
-        with self._lock:
-            self._changed.update(found)
 
     def take(self, timeout: float = 5.0) -> set[str] | None:
         """Changed paths since the last call; None if the barrier was not seen in time."""
