@@ -24,6 +24,7 @@ import shutil
 import stat as stat_mod
 import subprocess
 import threading
+import warnings
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -328,8 +329,10 @@ class Watcher:
         from watchdog.events import FileSystemEvent, FileSystemEventHandler
         from watchdog.observers import Observer
 
-        # watchdog logs a harmless race at stop as an error; it is not the user's concern.
+        # watchdog reports two harmless races of its own (a watch added twice for a folder
+        # made while it scans, a read at stop); they are not the user's concern.
         logging.getLogger("watchdog.observers.inotify").setLevel(logging.CRITICAL)
+        warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning)
         self.root = root
         self._changed: set[str] = set()
         self._lock = threading.Lock()
