@@ -162,32 +162,45 @@ def predicted_wall(plan: guildrun.Plan, root: Path, seconds: Mapping[str, float]
     return sim.wall
 
 
+# Steps the engine times inside its "journal" step (`_Engine._step` times dispatch within
+# the journal transaction, and `_apply`, which snapshots, and `_conclude`, which rolls
+# back, run in it too): adding them to it would count them twice.
+NESTED_STEPS = frozenset({"dispatch", "snapshot", "rollback"})
+
+
 def timings_total(root: Path, run_id: str) -> float | None:
-    """Summed engine step time from the journal's `timings` table, None until it is written."""
-    db = root / ".guildrun" / "journal.db"
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        row = con.execute("SELECT SUM(seconds) FROM timings WHERE run_id=?", (run_id,)).fetchone()
-    except sqlite3.OperationalError:
+    """Engine step time from the journal's `timings` table, each second counted once.
+
+    None until the table is written.
+    """
+    table = timing_table(root, run_id)
+    if not table:
         return None
-    finally:
-        con.close()
-    return None if row is None or row[0] is None else float(row[0])
+    return sum(sec for step, (sec, _n) in table.items() if step not in NESTED_STEPS)
 
 
-def timing_steps(root: Path, run_id: str) -> dict[str, float]:
-    """Seconds per engine step from the journal's `timings` table, empty until it is written."""
+def timing_table(root: Path, run_id: str) -> dict[str, tuple[float, int]]:
+    """Per engine step: seconds and how many times it ran, from the journal's `timings`."""
     db = root / ".guildrun" / "journal.db"
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         rows = con.execute(
-            "SELECT step, seconds FROM timings WHERE run_id=? ORDER BY seconds DESC", (run_id,)
+            "SELECT step, seconds, count FROM timings WHERE run_id=? ORDER BY seconds DESC",
+            (run_id,),
         ).fetchall()
     except sqlite3.OperationalError:
         return {}
     finally:
         con.close()
-    return {str(r[0]): float(r[1]) for r in rows}
+    return {str(r[0]): (float(r[1]), int(r[2])) for r in rows}
+
+
+def fmt_steps(table: Mapping[str, tuple[float, int]]) -> str:
+    """'journal 450 ms in 101, ownership 76 ms in 102, ...' from `timing_table`."""
+    return ", ".join(
+        f"{k} {1e3 * s:.0f} ms in {n:,}{' (inside journal)' if k in NESTED_STEPS else ''}"
+        for k, (s, n) in table.items()
+    )
 
 
 # ------------------------------------------------------------------ bounds and draws

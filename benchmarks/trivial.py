@@ -20,11 +20,13 @@ from ._common import (
     Section,
     Target,
     fmt_s,
+    fmt_steps,
     fmt_x,
     guildrun_cli,
     median,
     project,
     timed,
+    timing_table,
     write_json,
 )
 
@@ -90,6 +92,7 @@ def run(mode: Mode) -> Section:
     if parallel:
         times["GNU parallel"] = []
     engine_wall: list[float] = []
+    steps: list[dict[str, tuple[float, int]]] = []
     startup: list[float] = []
     with project() as base:
         plan = write_json(base / "trivial.json", trivial_plan(n))
@@ -109,6 +112,7 @@ def run(mode: Mode) -> Section:
             if summary["done"] != n:
                 raise RuntimeError(f"guildrun finished {summary['done']} of {n} tasks")
             engine_wall.append(float(summary["wall_s"]))
+            steps.append(timing_table(root, summary["run_id"]))
             return took
 
         tools: dict[str, Callable[[], float]] = {
@@ -137,6 +141,7 @@ def run(mode: Mode) -> Section:
     g_med = median(times["guildrun"])
     e_med = median(engine_wall)
     s_med = median(startup)
+    typical = min(range(len(engine_wall)), key=lambda i: abs(engine_wall[i] - e_med))
     notes = [
         f"median of {rounds} rounds of {n} `true` commands at {SLOTS} slots; order rotates "
         "each round; guildrun runs with journal, logs and per-task file ownership on",
@@ -144,6 +149,9 @@ def run(mode: Mode) -> Section:
         f"where guildrun's {fmt_s(g_med)} goes: interpreter start-up and imports "
         f"{fmt_s(s_med)}, engine loop (run start to end, as journaled) {fmt_s(e_med)}, "
         f"plan loading, journal set-up, summary and exit {fmt_s(max(0.0, g_med - s_med - e_med))}",
+        "engine steps inside that loop, from the journal's `timings` (the round with the "
+        f"median engine wall): {fmt_steps(steps[typical])}; the rest of the loop is "
+        "starting, watching and reaping the processes",
     ]
     targets = [
         Target(
@@ -164,6 +172,7 @@ def run(mode: Mode) -> Section:
                 "< 1.00",
                 f"{p_ratio:.2f}",
                 p_ratio < 1.0,
+                why=WHY_PARALLEL,
             )
         )
     else:
@@ -190,17 +199,25 @@ ABOUT = (
 )
 
 WHY_XARGS = (
-    "About a quarter of guildrun's time is fixed cost xargs does not have (see the "
-    "breakdown above): the interpreter and imports, plan validation, the ownership "
-    "baseline and journal set-up, the summary. The rest is per task. Under cProfile, "
-    "`_posixsubprocess.fork_exec` takes about 60% of the engine loop (1.9 s of 3.1 s for "
-    "2,000 tasks: forking a ~90 MB Python process costs more than forking xargs); then "
-    "`subprocess._execute_child` re-encodes the ~110 environment variables of every task "
-    "with `os.fsencode` (226,000 calls, ~0.2 s) although the engine passes them "
-    "pre-encoded; then ~8 SQLite statements per task, pathlib objects, the ownership "
-    "check and the scheduler. What would close it: spawn with `os.posix_spawn` (vfork, "
-    "no Python-side environment loop) from a pre-built environment block, batch per-task "
-    "journal rows with executemany, keep log and result paths as strings, and defer the "
-    "pydantic/yaml imports for JSON plans; the ~0.45 s start-up stays, so on 2,000 "
-    "one-millisecond tasks 1.3x needs a per-task cost close to xargs' own."
+    "guildrun pays a fixed cost xargs does not (see the breakdown above: interpreter and "
+    "imports, plan validation, journal set-up, the summary) and more per task. Per task: "
+    "`subprocess.Popen` forks a ~90 MB Python process (`_posixsubprocess.fork_exec`), and "
+    "`_execute_child` still calls `os.fsencode` on every environment variable's name and "
+    "value (226,000 calls for 2,000 tasks) although the engine passes them pre-encoded as "
+    "bytes; `os.posix_spawnp` was tried and measured slower on this box, because its "
+    "parent waits through the child's exec. Then 8-9 SQLite statements and 3 journaled "
+    "events per task, and one ownership barrier round-trip per batch of ended tasks (the "
+    "steps note above). What would close it: a spawn path that neither copies the engine's "
+    "page tables nor waits for exec (a small pre-forked helper process that starts the "
+    "commands), no per-variable encoding loop, one executemany per commit for the "
+    "per-task rows, and lazy pydantic/yaml imports for JSON plans. On this 2-core machine "
+    "the 20 `true` children also compete with the engine for CPU, which makes this the "
+    "hardest case."
+)
+
+WHY_PARALLEL = (
+    "guildrun's fixed cost (interpreter start-up, plan validation, journal set-up, "
+    "summary) weighs most when the tasks are few and short; GNU parallel's cost per task "
+    "is higher than guildrun's, so guildrun passes it as the task count grows (the full "
+    "mode's 2,000 tasks). Lowering the fixed cost (lazy imports) would close it here too."
 )

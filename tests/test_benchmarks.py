@@ -39,3 +39,7 @@ def test_quick_mode_runs_every_scenario() -> None:
         assert title in out
     assert "== Targets (quick mode" in out
     assert "guildrun / xargs" in out
+    # Everything the engine offers is measured now: longest-first and resume included.
+    assert "longest-first: worst wall / bound" in out
+    assert "resume (prepare)" in out
+    assert "not available yet" not in out
