@@ -24,8 +24,8 @@ import shutil
 import stat as stat_mod
 import subprocess
 import threading
-import warnings
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
