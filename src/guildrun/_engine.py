@@ -331,6 +331,8 @@ class Engine:
         finally:
             if self.watcher is not None:
                 self.watcher.stop()
+            if self.baseline is not None:
+                self.baseline.pack.close()
 
     async def _execute(self) -> Summary:
         now = self.clock()

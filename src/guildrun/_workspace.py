@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import shutil
+import sqlite3
 import stat as stat_mod
 import subprocess
 import threading
@@ -187,11 +188,15 @@ class Baseline:
         self.index: dict[str, Stat] = {}
         self.content: dict[str, str] = {}  # path -> blob, for files not recoverable from git
         self.git_blobs: dict[str, str] = {}  # path -> git blob id at HEAD, for clean files
+        self._keys: list[str] | None = None
+        self.pack = Pack(root / STATE_DIR / "baseline.db")
 
     @classmethod
     def take(cls, root: Path, store: Store) -> Baseline:
         self = cls(root, store)
+        self.pack.clear()
         tracked, dirty = _git_state(root)
+        to_copy: list[str] = []
         for rel, st in walk(root):
             self.index[rel] = Stat.of(st, root / rel)
             if self.index[rel].link is not None:
@@ -199,7 +204,8 @@ class Baseline:
             if rel in tracked and rel not in dirty:
                 self.git_blobs[rel] = tracked[rel]
             else:
-                self.content[rel] = store.capture([rel])[rel] or ""
+                to_copy.append(rel)
+        self.content.update(self.pack.put_files(root, to_copy))
         return self
 
     def current(self, rel: str) -> Stat | None:
@@ -231,11 +237,13 @@ class Baseline:
         out = set(paths)
         keys: list[str] | None = None
         for p in list(out):
+            if p in self.index:
+                continue  # a file we know: not a folder then; if one now, walk it below
             folder = self.root / p
             if folder.is_dir() and not folder.is_symlink():
                 out.update(rel for rel, _ in walk_under(self.root, p))
             if keys is None:
-                keys = sorted(self.index)
+                keys = self._sorted_keys()
             prefix = p + "/"
             k = bisect.bisect_left(keys, prefix)
             while k < len(keys) and keys[k].startswith(prefix):
@@ -243,11 +251,17 @@ class Baseline:
                 k += 1
         return out
 
+    def _sorted_keys(self) -> list[str]:
+        """The index's paths in order, for prefix search; rebuilt only after it changed."""
+        if self._keys is None:
+            self._keys = sorted(self.index)
+        return self._keys
+
     def original(self, rel: str) -> bytes | None:
         if rel not in self.index or self.index[rel].link is not None:
             return None
         if rel in self.content:
-            return self.store.get(self.content[rel])
+            return self.pack.get(self.content[rel])
         out = subprocess.run(
             ["git", "cat-file", "blob", self.git_blobs[rel]],
             cwd=self.root,
@@ -270,6 +284,8 @@ class Baseline:
 
     def accept(self, rel: str) -> None:
         """The file's current content is now the one to return to (a task owned it)."""
+        if (rel in self.index) != (self.current(rel) is not None):
+            self._keys = None  # a path comes or goes: the sorted paths are stale
         now = self.current(rel)
         if now is None:
             self.index.pop(rel, None)
@@ -279,9 +295,50 @@ class Baseline:
         self.index[rel] = now
         self.git_blobs.pop(rel, None)
         if now.link is None:
-            self.content[rel] = self.store.capture([rel])[rel] or ""
+            self.content.update(self.pack.put_files(self.root, [rel]))
         else:
             self.content.pop(rel, None)
+
+
+class Pack:
+    """Blobs in one SQLite file: the baseline copies every untracked file of the tree at
+    the start of a run, and one insert each is far cheaper than one new file each (on a
+    journaled disk, making a file costs more than reading a small one)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=OFF")  # a cache, rebuilt by every run
+        self.db.execute("CREATE TABLE IF NOT EXISTS blobs (digest TEXT PRIMARY KEY, data BLOB)")
+
+    def put_files(self, root: Path, rels: Iterable[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        rows: list[tuple[str, bytes]] = []
+        for rel in rels:
+            try:
+                data = (root / rel).read_bytes()
+            except OSError:
+                continue
+            digest = hashlib.sha256(data).hexdigest()
+            out[rel] = digest
+            rows.append((digest, data))
+        self.db.execute("BEGIN")
+        self.db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?)", rows)
+        self.db.execute("COMMIT")
+        return out
+
+    def get(self, digest: str) -> bytes:
+        row = self.db.execute("SELECT data FROM blobs WHERE digest=?", (digest,)).fetchone()
+        if row is None:
+            raise KeyError(f"no blob {digest} in {self.db}")
+        return bytes(row[0])
+
+    def clear(self) -> None:
+        self.db.execute("DELETE FROM blobs")
+
+    def close(self) -> None:
+        self.db.close()
 
 
 def walk_under(root: Path, rel_folder: str) -> Iterator[tuple[str, os.stat_result]]:
