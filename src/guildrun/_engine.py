@@ -104,7 +104,7 @@ def prepare(
 ) -> Prepared:
     """Load, check and resolve everything that can be wrong before anything runs."""
     project_root = find_root(root)
-    model = plan if isinstance(plan, Plan) else load_plan(plan)
+    model = plan if isinstance(plan, Plan) else load_plan(plan, check=False)
     project, project_source = read_project_config(project_root)
     settings = resolve_settings(
         plan=model.settings,

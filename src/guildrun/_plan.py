@@ -236,7 +236,7 @@ def format_path(path: FieldPath) -> str:
     return out
 
 
-def load_plan(path: str | Path, root: str | Path | None = None) -> Plan:
+def load_plan(path: str | Path, root: str | Path | None = None, *, check: bool = True) -> Plan:
     """Read and validate a plan file; with `root`, also run every check `compile_plan` does."""
     p = Path(path)
     name = str(path)
@@ -250,13 +250,17 @@ def load_plan(path: str | Path, root: str | Path | None = None) -> Plan:
         raise PlanError(f"not UTF-8 text ({exc.reason})", file=name) from None
     except OSError as exc:
         raise PlanError(f"cannot read: {exc.strerror}", file=name) from None
-    plan = parse_plan(text, name, json_format=p.suffix.lower() == ".json")
+    plan = parse_plan(text, name, json_format=p.suffix.lower() == ".json", check=check)
     if root is not None:
         compile_plan(plan, Path(root))
     return plan
 
 
-def parse_plan(text: str, name: str = "<plan>", *, json_format: bool = False) -> Plan:
+def parse_plan(
+    text: str, name: str = "<plan>", *, json_format: bool = False, check: bool = True
+) -> Plan:
+    """Parse and validate; with `check`, also the checks that need no root (a caller
+    that compiles the plan against its root next can skip them: it makes them all)."""
     data: Any
     if json_format:
         try:
@@ -295,10 +299,11 @@ def parse_plan(text: str, name: str = "<plan>", *, json_format: bool = False) ->
         ) from None
     plan.source = name
     plan._locator = locator
-    try:
-        _static_checks(plan)
-    except PlanError as exc:
-        raise _locate(exc, plan) from None
+    if check:
+        try:
+            _static_checks(plan)
+        except PlanError as exc:
+            raise _locate(exc, plan) from None
     return plan
 
 
@@ -494,13 +499,14 @@ def _compile_structure(plan: Plan, root: Path | None = None) -> CompiledPlan:
         first_seen[task.id] = i
 
     specs: list[TaskSpec] = []
+    folders: dict[str, Path] = {}
     for i, task in enumerate(plan.tasks):
         base: FieldPath = ("tasks", i)
         files: list[str] = []
         for j, f in enumerate(task.files):
             if root is not None:
                 try:
-                    f = normalize_owned_path(root, f)
+                    f = normalize_owned_path(root, f, folders)
                 except ValueError as exc:
                     raise _fail(base + ("files", j), f"task {task.id!r}: {exc}") from None
             else:
