@@ -197,6 +197,11 @@ class Journal:
         if version > SCHEMA_VERSION:
             raise UsageError(f"{path}: journal schema {version} is not {SCHEMA_VERSION}")
         self._pending: list[Event] = []
+        self._rows: list[tuple[object, ...]] = []
+        # Inside a transaction, per-task row writes wait here and go in with executemany,
+        # statement by statement in the order first seen (rows of one statement never
+        # depend on each other; a task is never started and ended in one transaction).
+        self._batch: dict[str, list[tuple[object, ...]]] | None = None
 
     def close(self) -> None:
         self.db.close()
@@ -207,8 +212,17 @@ class Journal:
         self.db.execute("BEGIN IMMEDIATE")
         events: list[Event] = []
         self._pending = events
+        self._rows = []
+        self._batch = {}
         try:
             yield events
+            self._flush()
+            if self._rows:
+                self.db.executemany(
+                    "INSERT INTO events(run_id, time, kind, task, instance, data)"
+                    " VALUES (?,?,?,?,?,?)",
+                    self._rows,
+                )
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
@@ -219,12 +233,25 @@ class Journal:
                 os._exit(137)
         finally:
             self._pending = []
+            self._batch = None
 
     # ---------------------------------------------------------------- writes
 
+    def _write(self, sql: str, params: tuple[object, ...]) -> None:
+        if self._batch is None:
+            self.db.execute(sql, params)
+        else:
+            self._batch.setdefault(sql, []).append(params)
+
+    def _flush(self) -> None:
+        if self._batch:
+            for sql, rows in self._batch.items():
+                self.db.executemany(sql, rows)
+            self._batch.clear()
+
     def event(self, run_id: str, ev: Event) -> None:
-        self.db.execute(
-            "INSERT INTO events(run_id, time, kind, task, instance, data) VALUES (?,?,?,?,?,?)",
+        """Journal an event; rows are written together when the transaction commits."""
+        self._rows.append(
             (
                 run_id,
                 ev.time,
@@ -232,7 +259,7 @@ class Journal:
                 ev.task,
                 ev.instance,
                 json.dumps(ev.data) if ev.data else None,
-            ),
+            )
         )
         self._pending.append(ev)
 
@@ -284,19 +311,19 @@ class Journal:
         stdout_path: str,
         stderr_path: str,
     ) -> None:
-        self.db.execute(
+        self._write(
             "UPDATE tasks SET state='running', instance=?, stolen_from=?, attempts=?,"
             " started=COALESCE(started, ?) WHERE run_id=? AND id=?",
             (instance, stolen_from, attempt, now, run_id, task),
         )
-        self.db.execute(
+        self._write(
             "INSERT INTO attempts(run_id, task_id, attempt, instance, started, status,"
             " stdout_path, stderr_path) VALUES (?,?,?,?,?,'running',?,?)",
             (run_id, task, attempt, instance, now, stdout_path, stderr_path),
         )
 
     def attempt_pgid(self, run_id: str, task: str, attempt: int, pgid: int) -> None:
-        self.db.execute(
+        self._write(
             "UPDATE attempts SET pgid=? WHERE run_id=? AND task_id=? AND attempt=?",
             (pgid, run_id, task, attempt),
         )
@@ -313,7 +340,7 @@ class Journal:
         exit_code: int | None,
         error: str | None,
     ) -> None:
-        self.db.execute(
+        self._write(
             "UPDATE attempts SET status=?, started=?, ended=?, exit_code=?, error=?"
             " WHERE run_id=? AND task_id=? AND attempt=?",
             (status, started, ended, exit_code, error, run_id, task, attempt),
@@ -329,7 +356,7 @@ class Journal:
         result: str | None = None,
         cause: str | None = None,
     ) -> None:
-        self.db.execute(
+        self._write(
             "UPDATE tasks SET state=?, ended=?, result=?, cause=? WHERE run_id=? AND id=?",
             (state, now, result, cause, run_id, task),
         )
@@ -373,7 +400,7 @@ class Journal:
         )
 
     def completed(self, run_id: str, task: str, attempt: int, now: float) -> None:
-        self.db.execute(
+        self._write(
             "INSERT INTO completions(run_id, task_id, attempt, time) VALUES (?,?,?,?)",
             (run_id, task, attempt, now),
         )
@@ -402,7 +429,7 @@ class Journal:
     def attempt_usage(
         self, run_id: str, task: str, attempt: int, cpu_s: float, peak_rss: int
     ) -> None:
-        self.db.execute(
+        self._write(
             "UPDATE attempts SET cpu_s=?, peak_rss=? WHERE run_id=? AND task_id=? AND attempt=?",
             (cpu_s, peak_rss, run_id, task, attempt),
         )
