@@ -17,7 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._engine import Prepared, Reporter, prepare, run_prepared
+from ._engine import Prepared, Reporter, prepare, run_prepared, specialist_callable
 from ._errors import GuildrunError, UsageError
 from ._journal import Journal, journal_path
 from ._metrics import Summary, summarize
@@ -318,19 +318,9 @@ def _cmd_plan(args: argparse.Namespace, out: Console) -> int:
 
 def _cmd_validate(args: argparse.Namespace, out: Console) -> int:
     prepared = _prepare(args)
-    from ._errors import PlanError
-    from ._runners import load_callable
-
-    for name, spec in prepared.plan.specialists.items():
+    for spec in prepared.plan.specialists.values():
         if spec.python is not None:
-            try:
-                load_callable(spec.python)
-            except Exception as exc:
-                raise PlanError(
-                    f"cannot load {spec.python!r}: {type(exc).__name__}: {exc}",
-                    file=prepared.plan.source,
-                    field=f"specialists.{name}.python",
-                ) from None
+            specialist_callable(spec, prepared.plan.source)
     phases = ", ".join(p for p in PHASES if p in prepared.plan.phases())
     out.print(
         f"{args.plan}: valid; {len(prepared.plan.tasks)} tasks in {phases or 'no phase'}",

@@ -150,6 +150,19 @@ def prepare(
     return Prepared(compiled, model, project_root, settings, limits, tuple(notes))
 
 
+def specialist_callable(spec: SpecialistSpec, source: str | None) -> Callable[..., Any]:
+    """Import a `python: module:function` specialist; failing that is bad input (exit 2)."""
+    assert spec.python is not None
+    try:
+        return load_callable(spec.python)
+    except Exception as exc:  # any import-time error of the user's module
+        raise PlanError(
+            f"cannot load {spec.python!r}: {type(exc).__name__}: {exc}",
+            file=source,
+            field=f"specialists.{spec.name}.python",
+        ) from None
+
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -278,18 +291,7 @@ class Engine:
     def _runner(self, spec: SpecialistSpec) -> Runner:
         if spec.argv is not None or spec.shell_script is not None:
             return CommandRunner()
-        func = spec.func
-        if func is None:
-            assert spec.python is not None
-            try:
-                func = load_callable(spec.python)
-            except Exception as exc:
-                raise PlanError(
-                    f"cannot load {spec.python!r}: {type(exc).__name__}: {exc}",
-                    file=self.plan.source,
-                    field=f"specialists.{spec.name}.python",
-                ) from None
-        return PythonRunner(func)
+        return PythonRunner(spec.func or specialist_callable(spec, self.plan.source))
 
     def _rules(self) -> dict[str, _Rules]:
         src = self.p.source
