@@ -118,8 +118,8 @@ def test_task_resources_are_sampled(project: Path) -> None:
 def test_resource_guard_holds_back_starts_but_never_stalls(project: Path) -> None:
     plan = guildrun.Plan.model_validate(
         {
-            # No machine is ever under 0.001% CPU: the guard holds for the whole run.
-            "settings": {"sample_interval": 0.05, "max_cpu": 0.001},
+            # No machine has a petabyte free: the guard holds for the whole run.
+            "settings": {"sample_interval": 0.05, "min_free_memory_mb": 1e9},
             "specialists": {"w": {"run": ["sleep", "0.3"]}},
             "tasks": [{"id": f"t{i}", "specialist": "w"} for i in range(4)],
         }
@@ -128,14 +128,14 @@ def test_resource_guard_holds_back_starts_but_never_stalls(project: Path) -> Non
     assert summary.done == 4
     with db(project) as conn:
         held = conn.execute("SELECT data FROM events WHERE kind='guard_hold'").fetchone()
-    assert "max_cpu" in json.loads(held["data"])["reason"]
-    assert summary.speedup < 2.0  # the first three started before the first sample; then one
+    assert "min_free_memory_mb" in json.loads(held["data"])["reason"]
+    assert summary.speedup < 1.3  # one task at a time, from the first start on
 
 
 class SlowJournal(Journal):
     """A journal whose task_ended takes a known extra time: an injected engine delay."""
 
-    delay = 0.04
+    delay = 0.08
     calls = 0
 
     def task_ended(self, *args: Any, **kwargs: Any) -> None:
@@ -290,3 +290,20 @@ def test_learned_estimates_from_past_runs(project: Path) -> None:
     est, source = estimates(compiled(data, project), journal_path(project))
     assert "2 learned" in source
     assert 0.55 < est["long"] < 0.8 and 0.05 < est["short"] < 0.3
+
+
+def test_guard_reasons() -> None:
+    from guildrun._monitor import Monitor, Sample
+
+    busy = Sample(
+        0.0,
+        cpu=97.0,
+        mem_used=0.0,
+        mem_available=512 * 2**20,
+        running=3,
+        agents_cpu=0.0,
+        agents_rss=0.0,
+    )
+    assert Monitor(90, None).over(busy) == "CPU 97% > max_cpu 90%"
+    assert Monitor(None, 1024).over(busy) == "free memory 512 MB < min_free_memory_mb 1024"
+    assert Monitor(99, 256).over(busy) is None

@@ -284,6 +284,7 @@ class Engine:
         self._halt = False
         self._pgid_of: dict[str, int] = {}
         self._held: str | None = None  # why the resource guard holds back new starts
+        self._announced_hold = False
         self.monitor: Monitor | None = None
         if self.settings.sample_interval > 0:
             self.monitor = Monitor(self.settings.max_cpu, self.settings.min_free_memory_mb)
@@ -382,8 +383,18 @@ class Engine:
             done=self.resume.done if self.resume else (),
             final=self.resume.final if self.resume else None,
         )
+        if self.monitor is not None and (
+            self.settings.max_cpu is not None or self.settings.min_free_memory_mb is not None
+        ):
+            # The guard decides from the first start on, not from the first sample.
+            first = self.monitor.take(self.clock(), {}, settle=0.1)
+            self._held = self.monitor.over(first)
         with self.journal.transaction() as committed:
-            jobs = self._apply(self.scheduler.dispatch())
+            if self._held:
+                self.journal.event(
+                    self.run_id, Event("guard_hold", self.clock(), data={"reason": self._held})
+                )
+            jobs = self._apply(self.scheduler.dispatch(limit=1 if self._held else None))
         self.reporter.run_started(self.run_id, self.plan, self.p.limits)
         self.reporter.events(opening + committed)
         self._launch(jobs)
@@ -447,10 +458,9 @@ class Engine:
                 for tid in woken:
                     if tid and not self._halt:
                         decisions += self.scheduler.wake(tid)
-                # The guard holds back new starts, but never lets the run stall on it.
-                held = self._held is not None and self.scheduler.running > 0
-                if not self._halt and not held:
-                    decisions += self.scheduler.dispatch()
+                # The guard holds the run to one task at a time: it never stalls it.
+                if not self._halt:
+                    decisions += self.scheduler.dispatch(limit=1 if self._held else None)
             jobs = self._apply(decisions)
         self.reporter.events(committed)
         self._launch(jobs)
@@ -467,7 +477,8 @@ class Engine:
             with self.timings("sampling"), self.journal.transaction() as committed:
                 self.journal.sample(self.run_id, sample)
                 why = self.monitor.over(sample)
-                if why and not self._held:
+                if why and not self._held and not self._announced_hold:
+                    self._announced_hold = True
                     self.journal.event(
                         self.run_id, Event("guard_hold", sample.time, data={"reason": why})
                     )

@@ -46,9 +46,13 @@ class Monitor:
         self._last_time: float | None = None
         psutil.cpu_percent(None)  # prime: the first reading counts from here
 
-    def take(self, now: float, groups: dict[str, int]) -> Sample:
-        """One sample; `groups` maps each running task to its process group."""
-        cpu = psutil.cpu_percent(None)
+    def take(self, now: float, groups: dict[str, int], *, settle: float = 0.0) -> Sample:
+        """One sample; `groups` maps each running task to its process group.
+
+        `settle`: measure CPU over this many seconds now, for a first reading that has
+        no previous sample to count from.
+        """
+        cpu = psutil.cpu_percent(settle or None)
         mem = psutil.virtual_memory()
         total_cpu = 0.0
         total_rss = 0

@@ -427,27 +427,33 @@ class Scheduler:
 
     # -------------------------------------------------------------- driving
 
-    def dispatch(self) -> list[Decision]:
-        """Start everything that can start now; return what was decided, in order."""
+    def dispatch(self, limit: int | None = None) -> list[Decision]:
+        """Start everything that can start now; return what was decided, in order.
+
+        `limit` caps the running tasks for this call below `total` (the resource guard
+        holds a run to one task at a time this way, without ever stalling it).
+        """
         if self._alone is not None:
             return self._drain()  # a task that must run alone is running
-        while self.running < self.total:
+        cap = self.total if limit is None else min(self.total, limit)
+        while self.running < cap:
             progressed = False
             for insts in self.instances.values():
                 for inst in insts:
                     if inst.idle and self._try_start(inst):
                         progressed = True
-                        if self.running >= self.total:
+                        if self.running >= cap:
                             break
-                if self.running >= self.total:
+                if self.running >= cap:
                     break
-            if self.running < self.total and self._scale_up():
+            if self.running < cap and self._scale_up():
                 progressed = True
-            if self.running < self.total and self._help():
+            if self.running < cap and self._help(cap):
                 progressed = True
             if not progressed:
                 break
-        self._start_solo()
+        if self.running < cap:
+            self._start_solo()
         return self._drain()
 
     def _start_solo(self) -> None:
@@ -780,14 +786,14 @@ class Scheduler:
                 if nothing_left and all(self._remaining[o] == 0 for o in self._helps[spec]):
                     self._retire(inst)
 
-    def _help(self) -> bool:
+    def _help(self, cap: int) -> bool:
         """Cross-specialist stealing: an idle instance takes overflow work it may help with."""
         started = False
         for spec, others in self._helps.items():
             if not others:
                 continue
             for inst in self.instances[spec]:
-                if self.running >= self.total:
+                if self.running >= cap:
                     return started
                 if not inst.idle or self._ready_count[spec] > 0:
                     continue
