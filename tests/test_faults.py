@@ -682,6 +682,8 @@ def tree(root: Path) -> dict[str, str]:
         "mkdir -p new/deep && echo z > new/deep/z",
         "ln -s /nonexistent dangling",
         "ln -s /etc docs/etc",
+        "mv docs docs2 && ln -s docs2 docs",
+        "mv docs ../gone && ln -s ../gone docs",
     ],
 )
 def test_folder_moves_links_and_deletes_are_caught_and_undone(project: Path, script: str) -> None:
@@ -715,3 +717,23 @@ def test_an_owned_file_replaced_by_a_folder_is_rolled_back(project: Path) -> Non
     assert summary.failed == 1 and summary.tasks[0].cause == "exit status 1"
     assert (project / "f").read_text() == "orig\n"
     assert sorted(p.name for p in project.iterdir()) == [".guildrun", "f"]
+
+
+def test_restore_never_follows_a_planted_temp_link(project: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("someone else's file\n")
+    (project / "out").mkdir()
+    (project / "out" / "report.md").write_text("the user's report\n")
+    plant = " ".join(
+        f'ln -s {outside} "out/.report.md.{suffix}";' for suffix in ("guildrun", "tmp", "$PPID")
+    )
+    summary = shell_task(
+        project,
+        f"{plant} echo broken > out/report.md; exit 1",
+        ["out/report.md"],
+        writes=["out/**"],
+    )
+    assert summary.failed == 1
+    assert outside.read_text() == "someone else's file\n"
+    assert not (project / "out" / "report.md").is_symlink()
+    assert (project / "out" / "report.md").read_text() == "the user's report\n"

@@ -207,12 +207,20 @@ def test_strategies_differ_on_mixed_work() -> None:
 
 
 def test_simulation_predicts_a_real_run_within_ten_percent(project: Path) -> None:
+    # Tasks twice as long as MIXED's, so a process start on a busy machine weighs less.
+    slow = {
+        **MIXED,
+        "tasks": [
+            {**t, "scope": str(2 * t["estimate"]), "estimate": 2 * t["estimate"]}
+            for t in MIXED["tasks"]
+        ],
+    }
     plan = guildrun.Plan.model_validate(
-        {**MIXED, "settings": {**MIXED["settings"], "strategy": "longest-first"}}
+        {**slow, "settings": {**slow["settings"], "strategy": "longest-first"}}
     )
-    durations = {t["id"]: t["estimate"] for t in MIXED["tasks"]}
+    durations = {t["id"]: t["estimate"] for t in slow["tasks"]}
     predicted = simulate(
-        compiled(MIXED),
+        compiled(slow),
         durations,
         limits={"a": 3, "b": 3},
         total=4,

@@ -284,7 +284,6 @@ class Engine:
         self._halt = False
         self._pgid_of: dict[str, int] = {}
         self._held: str | None = None  # why the resource guard holds back new starts
-        self._announced_hold = False
         self.monitor: Monitor | None = None
         if self.settings.sample_interval > 0:
             self.monitor = Monitor(self.settings.max_cpu, self.settings.min_free_memory_mb)
@@ -477,8 +476,7 @@ class Engine:
             with self.timings("sampling"), self.journal.transaction() as committed:
                 self.journal.sample(self.run_id, sample)
                 why = self.monitor.over(sample)
-                if why and not self._held and not self._announced_hold:
-                    self._announced_hold = True
+                if why and not self._held:
                     self.journal.event(
                         self.run_id, Event("guard_hold", sample.time, data={"reason": why})
                     )

@@ -199,8 +199,9 @@ class Journal:
         self._pending: list[Event] = []
         self._rows: list[tuple[object, ...]] = []
         # Inside a transaction, per-task row writes wait here and go in with executemany,
-        # statement by statement in the order first seen (rows of one statement never
-        # depend on each other; a task is never started and ended in one transaction).
+        # statement by statement in the order first seen. Rows of one statement never
+        # depend on each other; where one task gets two statements in one transaction
+        # (ended as "waiting", then started again alone), the first is also seen first.
         self._batch: dict[str, list[tuple[object, ...]]] | None = None
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ import shutil
 import sqlite3
 import stat as stat_mod
 import subprocess
+import tempfile
 import threading
 import time
 import warnings
@@ -77,6 +78,8 @@ class Store:
         path = self.root / rel
         if path.is_symlink():  # never equal to a blob: a link where a file was is a change
             return f"symlink:{path.readlink()}"
+        if not real_folders(self.root, rel):
+            return "linked-folder"  # reached through a link: not the file it was
         try:
             return hashlib.sha256(path.read_bytes()).hexdigest()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
@@ -113,16 +116,31 @@ def write_file(root: Path, rel: str, data: bytes | None, *, link: str | None = N
             parent = parent.parent
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.guildrun-{os.getpid()}.tmp")
+    # A fresh, unpredictable name made with O_EXCL: an agent cannot plant a link there.
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".guildrun", dir=path.parent)
+    tmp = Path(name)
     try:
         if link is not None:
+            os.close(fd)
+            tmp.unlink()
             tmp.symlink_to(link)
         else:
-            tmp.write_bytes(data or b"")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data or b"")
+            tmp.chmod(0o644)
         tmp.replace(path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def real_folders(root: Path, rel: str) -> bool:
+    """Whether every folder from the root down to `rel` is a real folder, not a link."""
+    parent = rel.rpartition("/")[0]
+    if not parent:
+        return True
+    folder = Path(os.path.realpath(root)) / parent
+    return Path(os.path.realpath(folder)) == folder
 
 
 def _clear_way(root: Path, rel: str) -> Path:
@@ -209,12 +227,16 @@ class Baseline:
         return self
 
     def current(self, rel: str) -> Stat | None:
+        """The file as it stands, or None. A file reached through a folder that became a
+        link is not there: a folder swapped for a link must not look unchanged."""
         path = self.root / rel
         try:
             st = path.lstat()
         except OSError:
             return None
-        return None if stat_mod.S_ISDIR(st.st_mode) else Stat.of(st, path)
+        if stat_mod.S_ISDIR(st.st_mode) or not real_folders(self.root, rel):
+            return None
+        return Stat.of(st, path)
 
     def differs(self, rel: str) -> bool:
         """Cheap first: size and mtime; a hash only when those changed but content may not."""
@@ -305,16 +327,24 @@ class Pack:
     the start of a run, and one insert each is far cheaper than one new file each (on a
     journaled disk, making a file costs more than reading a small one)."""
 
+    CHUNK = 64 * 2**20  # bytes held in memory before a commit
+
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=OFF")  # a cache, rebuilt by every run
-        self.db.execute("CREATE TABLE IF NOT EXISTS blobs (digest TEXT PRIMARY KEY, data BLOB)")
+        self.path = path
+        self.db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=OFF")  # a cache, made anew by every run
+        db.execute("CREATE TABLE IF NOT EXISTS blobs (digest TEXT PRIMARY KEY, data BLOB)")
+        return db
 
     def put_files(self, root: Path, rels: Iterable[str]) -> dict[str, str]:
         out: dict[str, str] = {}
         rows: list[tuple[str, bytes]] = []
+        held = 0
         for rel in rels:
             try:
                 data = (root / rel).read_bytes()
@@ -323,10 +353,18 @@ class Pack:
             digest = hashlib.sha256(data).hexdigest()
             out[rel] = digest
             rows.append((digest, data))
-        self.db.execute("BEGIN")
-        self.db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?)", rows)
-        self.db.execute("COMMIT")
+            held += len(data)
+            if held >= self.CHUNK:
+                self._insert(rows)
+                rows, held = [], 0
+        self._insert(rows)
         return out
+
+    def _insert(self, rows: list[tuple[str, bytes]]) -> None:
+        if rows:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?)", rows)
+            self.db.execute("COMMIT")
 
     def get(self, digest: str) -> bytes:
         row = self.db.execute("SELECT data FROM blobs WHERE digest=?", (digest,)).fetchone()
@@ -335,7 +373,12 @@ class Pack:
         return bytes(row[0])
 
     def clear(self) -> None:
-        self.db.execute("DELETE FROM blobs")
+        """Start empty: a pack left damaged by a power loss is never read again."""
+        self.db.close()
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{self.path}{suffix}").unlink()
+        self.db = self._open()
 
     def close(self) -> None:
         self.db.close()
