@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ._journal import Journal
+from ._metrics import alive_intervals, instance_key
 from ._plan import PHASES
 
 # What the Parallel Execution Module promises per phase, shown next to the measurement.
@@ -414,18 +415,9 @@ def _phase_stats(
 # ---------------------------------------------------------------- instances
 
 
-def _instance_key(name: str) -> tuple[str, int, str]:
-    spec, _, num = name.rpartition("#")
-    return (spec, int(num), name) if num.isdigit() else (name, 0, name)
-
-
 def _instance_stats(run: _Run) -> list[InstanceStats]:
-    alive: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    specialist: dict[str, str] = {}
-    for row in run.instances:
-        retired = row["retired"] if row["retired"] is not None else run.created + run.end
-        alive[row["name"]].append((row["spawned"] - run.created, retired - run.created))
-        specialist[row["name"]] = row["specialist"]
+    alive = alive_intervals(run.instances, run.created + run.end, origin=run.created)
+    specialist = {row["name"]: row["specialist"] for row in run.instances}
     busy: dict[str, float] = defaultdict(float)
     count: dict[str, int] = defaultdict(int)
     for s in run.spans:
@@ -433,7 +425,7 @@ def _instance_stats(run: _Run) -> list[InstanceStats]:
         count[s.instance] += 1
         specialist.setdefault(s.instance, s.specialist)
     out = []
-    for name in sorted(set(alive) | set(busy), key=_instance_key):
+    for name in sorted(set(alive) | set(busy), key=instance_key):
         alive_s = sum(max(0.0, b - a) for a, b in alive.get(name, []))
         out.append(
             InstanceStats(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,15 +140,15 @@ def summarize(journal: Journal, run_id: str) -> Summary:
         busy[a["instance"]] += d
         count[a["instance"]] += 1
         last_attempt[a["task_id"]] = a
-    alive: dict[str, float] = defaultdict(float)
-    spec_of: dict[str, str] = {}
-    for inst in journal.instances(run_id):
-        retired = inst["retired"] if inst["retired"] is not None else end
-        alive[inst["name"]] += max(0.0, retired - inst["spawned"])
-        spec_of[inst["name"]] = inst["specialist"]
+    rows = journal.instances(run_id)
+    spec_of = {r["name"]: r["specialist"] for r in rows}
+    alive = {
+        name: sum(max(0.0, b - a) for a, b in spans)
+        for name, spans in alive_intervals(rows, end).items()
+    }
     instances = [
         InstanceLine(name, spec_of[name], busy.get(name, 0.0), alive[name], count.get(name, 0))
-        for name in sorted(alive, key=_instance_key)
+        for name in sorted(alive, key=instance_key)
     ]
     total_alive = sum(i.alive_s for i in instances)
     total_busy = sum(i.busy_s for i in instances)
@@ -195,6 +196,19 @@ def summarize(journal: Journal, run_id: str) -> Summary:
     )
 
 
-def _instance_key(name: str) -> tuple[str, int]:
+def instance_key(name: str) -> tuple[str, int, str]:
+    """Order instances by specialist, then number: interface#2 before interface#10."""
     spec, _, num = name.rpartition("#")
-    return (spec, int(num) if num.isdigit() else 0)
+    return (spec, int(num), name) if num.isdigit() else (name, 0, name)
+
+
+def alive_intervals(
+    rows: Iterable[sqlite3.Row], end: float, origin: float = 0.0
+) -> dict[str, list[tuple[float, float]]]:
+    """(spawned, retired) of each instance, one pair per journal row (an instance may live
+    again in a later phase), relative to `origin`; one not retired lives until `end`."""
+    out: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for row in rows:
+        retired = row["retired"] if row["retired"] is not None else end
+        out[row["name"]].append((row["spawned"] - origin, retired - origin))
+    return out

@@ -863,9 +863,11 @@ class Scheduler:
                 by_spec[t.specialist].append(t.index)
         return {s: m for s, m in by_spec.items() if m}
 
-    def _deal(self, rank: int, *, only_waiting: bool) -> dict[str, list[list[int]]]:
+    def _deal(
+        self, rank: int, *, only_waiting: bool, members: dict[str, list[int]] | None = None
+    ) -> dict[str, list[list[int]]]:
         """Piles per specialist: min(N, limit) instances each, shared fairly under total."""
-        by_spec = self._members(rank, only_waiting=only_waiting)
+        by_spec = members if members is not None else self._members(rank, only_waiting=only_waiting)
         demand = {s: min(len(m), self.limits[s]) for s, m in by_spec.items()}
         work = {s: sum(self.weight(i) or 1.0 for i in m) for s, m in by_spec.items()}
         share = fair_share(demand, self.total, work)
@@ -900,7 +902,7 @@ class Scheduler:
         rank = self.phase_rank
         self._out.append(PhaseStarted(PHASES[rank], self.clock()))
         members = self._members(rank, only_waiting=True)
-        deal = self._deal(rank, only_waiting=True)
+        deal = self._deal(rank, only_waiting=True, members=members)
         for spec, piles in deal.items():
             for pile in piles:
                 self._remaining[spec] += len(pile)
