@@ -364,6 +364,10 @@ class Engine:
     def stop(self) -> None:
         self._stop.set()
 
+    def set_limit(self, specialist: str, tokens: int) -> None:
+        """At most `tokens` tasks of `specialist` at once, from the next start on."""
+        self.scheduler.set_limit(specialist, tokens)
+
     async def _sample_loop(self) -> None:
         """Sample now, then every interval; the guard decides on each sample."""
         assert self.monitor is not None
@@ -662,13 +666,15 @@ async def run_prepared(
     own_files: Iterable[str] = (),
     executor: Executor | None = None,
     clock: Clock | None = None,
+    journal: Journal | None = None,
 ) -> Summary:
     """Run an already prepared plan; Ctrl-C and SIGTERM stop it cleanly (exit code 130).
 
     `executor` defaults to the local one (processes and callables on this machine);
     `clock` to the wall clock (tests pass a `VirtualClock` with a fake executor).
     """
-    journal = Journal(journal_path(prepared.root), crash_after_commit=crash_after_commit)
+    if journal is None:
+        journal = Journal(journal_path(prepared.root), crash_after_commit=crash_after_commit)
     try:
         monitor = None
         if prepared.settings.sample_interval > 0:

@@ -207,6 +207,11 @@ class Journal:
     def close(self) -> None:
         self.db.close()
 
+    def commit_hook(self) -> None:
+        """After every commit: the power-loss tests end the process here, at commit k."""
+        if self._crash_after is not None and self._commits >= self._crash_after:
+            os._exit(137)
+
     @contextmanager
     def transaction(self) -> Iterator[list[Event]]:
         """Group writes into one commit; yields the events journaled inside it."""
@@ -230,8 +235,7 @@ class Journal:
         else:
             self.db.execute("COMMIT")
             self._commits += 1
-            if self._crash_after is not None and self._commits >= self._crash_after:
-                os._exit(137)
+            self.commit_hook()
         finally:
             self._pending = []
             self._batch = None

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import psutil
 
+from ._clock import Clock, WallClock
 from ._engine import Reporter, ResumeState, run_prepared
 from ._errors import UsageError
-from ._executors.local import agent_groups, stop_groups
+from ._executors.base import Executor
+from ._executors.local import LocalExecutor
 from ._journal import Journal, journal_path
 from ._metrics import Summary
 from ._paths import find_root
@@ -56,6 +58,8 @@ def prepare_resume(
     *,
     plan: Plan | None = None,
     retry_failed: bool = False,
+    executor: Executor | None = None,
+    clock: Clock | None = None,
 ) -> tuple[Prepared, str, ResumeState]:
     """Stop leftover agents, roll back their attempts, and say what is left to do."""
     project = find_root(root)
@@ -78,9 +82,11 @@ def prepare_resume(
         attempts = journal.attempts(run_id)
         open_attempts = [a for a in attempts if a["status"] == "running"]
         pgids = {a["pgid"] for a in open_attempts if a["pgid"]}
-        stop_groups(agent_groups(run_id, pgids), settings.kill_grace)
+        # The executor that ran them finds what is left (processes, actors) and stops it.
+        finder = executor or LocalExecutor()
+        finder.stop(finder.leftovers(run_id, sorted(pgids)), settings.kill_grace)
         store = Store(project)
-        now = time.time()
+        now = (clock or WallClock()).now()
         with journal.transaction():
             for a in open_attempts:
                 snap = journal.snapshot(run_id, a["task_id"], a["attempt"])
@@ -126,9 +132,13 @@ async def resume_async(
     handle_signals: bool = True,
     crash_after_commit: int | None = None,
     own_files: Iterable[str] = (),
+    executor: Executor | None = None,
+    clock: Clock | None = None,
 ) -> Summary:
     """Continue an interrupted run (the latest one when `run_id` is None)."""
-    prepared, rid, state = prepare_resume(root, run_id, plan=plan, retry_failed=retry_failed)
+    prepared, rid, state = prepare_resume(
+        root, run_id, plan=plan, retry_failed=retry_failed, executor=executor, clock=clock
+    )
     return await run_prepared(
         prepared,
         reporter=reporter,
@@ -137,6 +147,8 @@ async def resume_async(
         resume=state,
         crash_after_commit=crash_after_commit,
         own_files=own_files,
+        executor=executor,
+        clock=clock,
     )
 
 
