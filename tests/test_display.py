@@ -8,27 +8,27 @@ from pathlib import Path
 from rich.console import Console
 
 from guildrun._display import LiveReporter, PlainReporter
-from guildrun._journal import Event
+from guildrun._journal import Event, EventKind
 
 from .conftest import compiled, tasks_plan
 
 
 def feed() -> list[Event]:
     return [
-        Event("phase_started", 0.0, data={"phase": "implementation"}),
-        Event("instance_spawned", 0.0, instance="interface#1"),
-        Event("task_queued", 0.0, "[bold]evil", "interface#1"),
-        Event("task_queued", 0.0, "2", "interface#1"),
-        Event("task_queued", 0.0, "3", "interface#1"),
-        Event("task_started", 0.1, "[bold]evil", "interface#1"),
+        Event(EventKind.PHASE_STARTED, 0.0, data={"phase": "implementation"}),
+        Event(EventKind.INSTANCE_SPAWNED, 0.0, instance="interface#1"),
+        Event(EventKind.TASK_QUEUED, 0.0, "[bold]evil", "interface#1"),
+        Event(EventKind.TASK_QUEUED, 0.0, "2", "interface#1"),
+        Event(EventKind.TASK_QUEUED, 0.0, "3", "interface#1"),
+        Event(EventKind.TASK_STARTED, 0.1, "[bold]evil", "interface#1"),
         Event(
-            "task_finished",
+            EventKind.TASK_FINISHED,
             1.1,
             "[bold]evil",
             data={"status": "failed", "error": "[red]boom", "duration": 1.0},
         ),
-        Event("task_started", 1.1, "2", "interface#1"),
-        Event("guard_hold", 1.2, data={"reason": "CPU 99% > max_cpu 90%"}),
+        Event(EventKind.TASK_STARTED, 1.1, "2", "interface#1"),
+        Event(EventKind.GUARD_HOLD, 1.2, data={"reason": "CPU 99% > max_cpu 90%"}),
     ]
 
 

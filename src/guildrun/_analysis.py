@@ -248,26 +248,14 @@ def _dependencies(plan_json: str) -> dict[str, list[str]]:
     return out
 
 
-def _rows(journal: Journal, sql: str, run_id: str) -> list[sqlite3.Row]:
-    """Rows of a table that journals written before it existed do not have: then none."""
-    try:
-        return list(journal.db.execute(sql, (run_id,)))
-    except sqlite3.OperationalError:
-        return []
-
-
 def _timings(journal: Journal, run_id: str) -> dict[str, float]:
-    sql = "SELECT step, seconds FROM timings WHERE run_id=? ORDER BY step"
-    return {r["step"]: float(r["seconds"]) for r in _rows(journal, sql, run_id)}
+    return journal.timings(run_id)
 
 
 def _samples(journal: Journal, run_id: str, created: float) -> list[Sample]:
-    sql = (
-        "SELECT time, cpu, running, agents_cpu, mem_used FROM samples WHERE run_id=? ORDER BY time"
-    )
     return [
         Sample(r["time"] - created, r["cpu"], r["running"], r["agents_cpu"], r["mem_used"])
-        for r in _rows(journal, sql, run_id)
+        for r in journal.samples(run_id)
     ]
 
 

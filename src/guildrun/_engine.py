@@ -24,7 +24,7 @@ from typing import Any
 from ._clock import Clock, WallClock
 from ._executors.base import Ending, Executor, Job, Outcome
 from ._jobs import Jobs
-from ._journal import Event, Journal, journal_path, new_run_id
+from ._journal import Event, EventKind, Journal, journal_path, new_run_id
 from ._metrics import Summary, summarize
 from ._monitor import Monitor
 from ._paths import STATE_DIR, glob_to_regex
@@ -226,7 +226,9 @@ class Engine:
                 for note in notes:
                     self.journal.event(
                         self.run_id,
-                        Event("watcher_unavailable", self.clock.now(), data={"error": note}),
+                        Event(
+                            EventKind.WATCHER_UNAVAILABLE, self.clock.now(), data={"error": note}
+                        ),
                     )
             opening += noted
         # Made only now, so that its first decisions are stamped inside the run.
@@ -248,7 +250,8 @@ class Engine:
         with self.journal.transaction() as committed:
             if self._held:
                 self.journal.event(
-                    self.run_id, Event("guard_hold", self.clock.now(), data={"reason": self._held})
+                    self.run_id,
+                    Event(EventKind.GUARD_HOLD, self.clock.now(), data={"reason": self._held}),
                 )
             jobs = self._apply(self.scheduler.dispatch(limit=1 if self._held else None))
         self.reporter.run_started(self.run_id, self.plan, self.p.limits)
@@ -260,7 +263,9 @@ class Engine:
         end = self.clock.now()
         with self.journal.transaction() as committed:
             self.journal.write_timings(self.run_id, self.timings.export())
-            self.journal.event(self.run_id, Event("run_ended", end, data={"status": status}))
+            self.journal.event(
+                self.run_id, Event(EventKind.RUN_ENDED, end, data={"status": status})
+            )
             self.journal.end_run(self.run_id, status, end)
         self.reporter.events(committed)
         summary = summarize(self.journal, self.run_id)
@@ -284,11 +289,12 @@ class Engine:
                     ],
                     now=now,
                 )
-                self.journal.event(self.run_id, Event("run_started", now))
+                self.journal.event(self.run_id, Event(EventKind.RUN_STARTED, now))
             else:
                 self.journal.set_status(self.run_id, "running")
                 self.journal.event(
-                    self.run_id, Event("run_resumed", now, data={"done": len(self.resume.done)})
+                    self.run_id,
+                    Event(EventKind.RUN_RESUMED, now, data={"done": len(self.resume.done)}),
                 )
         return opening
 
@@ -340,7 +346,7 @@ class Engine:
                 self.journal.event(
                     self.run_id,
                     Event(
-                        "stray_changes_undone",
+                        EventKind.STRAY_CHANGES_UNDONE,
                         self.clock.now(),
                         data={"paths": check.stray, "running": check.suspects},
                     ),
@@ -380,10 +386,11 @@ class Engine:
                     why = self.monitor.over(sample)
                     if why and not self._held:
                         self.journal.event(
-                            self.run_id, Event("guard_hold", sample.time, data={"reason": why})
+                            self.run_id,
+                            Event(EventKind.GUARD_HOLD, sample.time, data={"reason": why}),
                         )
                     elif self._held and not why:
-                        self.journal.event(self.run_id, Event("guard_release", sample.time))
+                        self.journal.event(self.run_id, Event(EventKind.GUARD_RELEASE, sample.time))
                         self._inbox.put_nowait(("wake", "", 0, None))
                     self._held = why
                 self.reporter.events(committed)
@@ -412,7 +419,9 @@ class Engine:
                     error=why,
                 )
                 self.journal.task_ended(self.run_id, task_id, "interrupted", now, cause=why)
-                self.journal.event(self.run_id, Event("task_interrupted", now, task=task_id))
+                self.journal.event(
+                    self.run_id, Event(EventKind.TASK_INTERRUPTED, now, task=task_id)
+                )
         self._running.clear()
         self.reporter.events(committed)
 
@@ -483,7 +492,7 @@ class Engine:
                 self.journal.snapshot_after(rid, tid, attempt, after)
             self.journal.completed(rid, tid, attempt, o.ended)
             self.journal.task_ended(rid, tid, "done", o.ended, result=o.result)
-            self.journal.event(rid, Event("task_finished", o.ended, task=tid, data=data))
+            self.journal.event(rid, Event(EventKind.TASK_FINISHED, o.ended, task=tid, data=data))
             return self.scheduler.finish(tid, True)
         # Every failed attempt leaves the files as they were before it.
         with self.timings("rollback"):
@@ -492,7 +501,7 @@ class Engine:
             self.ownership.widened.add(tid)
             self.journal.task_ended(rid, tid, "waiting", o.ended, cause=o.error)
             data["then"] = "run alone at the end of the phase"
-            self.journal.event(rid, Event("task_sequential", o.ended, task=tid, data=data))
+            self.journal.event(rid, Event(EventKind.TASK_SEQUENTIAL, o.ended, task=tid, data=data))
             return self.scheduler.finish(tid, False, solo=True)
         if isinstance(verdict, Retry):
             if not verdict.counts:
@@ -500,12 +509,12 @@ class Engine:
                 data["counted"] = False
             data["retry_in"] = round(verdict.delay, 3)
             self.journal.task_ended(rid, tid, "retrying", o.ended, cause=o.error)
-            self.journal.event(rid, Event("task_retry", o.ended, task=tid, data=data))
+            self.journal.event(rid, Event(EventKind.TASK_RETRY, o.ended, task=tid, data=data))
             asyncio.get_running_loop().call_later(verdict.delay, self._wake, tid)
             return self.scheduler.finish(tid, False, retry=True)
         assert isinstance(verdict, Fail)
         self.journal.task_ended(rid, tid, "failed", o.ended, cause=o.error)
-        self.journal.event(rid, Event("task_finished", o.ended, task=tid, data=data))
+        self.journal.event(rid, Event(EventKind.TASK_FINISHED, o.ended, task=tid, data=data))
         decisions = self.scheduler.finish(tid, False)
         if verdict.stop == "all":
             self._halt = True
@@ -552,28 +561,39 @@ class Engine:
                     data["stolen_from"] = d.stolen_from
                 if d.task in self.ownership.widened:
                     data["alone"] = True
-                self.journal.event(rid, Event("task_started", d.time, d.task, d.instance, data))
+                self.journal.event(
+                    rid, Event(EventKind.TASK_STARTED, d.time, d.task, d.instance, data)
+                )
             elif isinstance(d, Queued):
-                self.journal.event(rid, Event("task_queued", d.time, d.task, d.instance))
+                self.journal.event(rid, Event(EventKind.TASK_QUEUED, d.time, d.task, d.instance))
             elif isinstance(d, Skipped):
                 self.journal.task_ended(rid, d.task, "skipped", d.time, cause=d.reason)
                 self.journal.event(
-                    rid, Event("task_skipped", d.time, d.task, data={"cause": d.reason})
+                    rid, Event(EventKind.TASK_SKIPPED, d.time, d.task, data={"cause": d.reason})
                 )
             elif isinstance(d, Spawned):
                 self.executor.open_instance(self.jobs.instance(d.instance, d.specialist))
                 self.journal.instance_spawned(rid, d.instance, d.specialist, d.time)
-                self.journal.event(rid, Event("instance_spawned", d.time, instance=d.instance))
+                self.journal.event(
+                    rid, Event(EventKind.INSTANCE_SPAWNED, d.time, instance=d.instance)
+                )
             elif isinstance(d, Retired):
                 self.executor.close_instance(d.instance)
                 self.journal.instance_retired(rid, d.instance, d.time)
-                self.journal.event(rid, Event("instance_retired", d.time, instance=d.instance))
+                self.journal.event(
+                    rid, Event(EventKind.INSTANCE_RETIRED, d.time, instance=d.instance)
+                )
             elif isinstance(d, PhaseStarted):
-                self.journal.event(rid, Event("phase_started", d.time, data={"phase": d.phase}))
+                self.journal.event(
+                    rid, Event(EventKind.PHASE_STARTED, d.time, data={"phase": d.phase})
+                )
             elif isinstance(d, PhaseEnded):
                 path = self.jobs.write_phase_results(d.phase)
                 self.journal.event(
-                    rid, Event("phase_ended", d.time, data={"phase": d.phase, "results": str(path)})
+                    rid,
+                    Event(
+                        EventKind.PHASE_ENDED, d.time, data={"phase": d.phase, "results": str(path)}
+                    ),
                 )
         return jobs
 
