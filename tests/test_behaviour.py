@@ -401,3 +401,28 @@ def test_lowering_a_limit_mid_run_throttles_at_the_next_start(project: Path) -> 
     # Nothing new started until the three running ones had all ended, then one at a time.
     assert all(s >= first_three_end for s, _ in later)
     assert most_at_once(later) == 1
+
+
+def test_a_running_tasks_temporary_file_is_not_undone(project: Path) -> None:
+    """`sed -i` style: a temp file next to the owned one, renamed over it at the end,
+    while a sibling task ends (and triggers a check) in the middle."""
+    (project / "a.txt").write_text("old")
+    plan = Plan.model_validate(
+        {
+            "settings": {"sample_interval": 0, "per_agent_type": 2},
+            "specialists": {"w": {"run": 'eval "$GUILDRUN_PROMPT"', "shell": True}},
+            "tasks": [
+                {
+                    "id": "edit",
+                    "specialist": "w",
+                    "files": ["a.txt"],
+                    "prompt": "printf new > .tmp.a; sleep 0.8; mv .tmp.a a.txt",
+                },
+                {"id": "quick", "specialist": "w", "prompt": "sleep 0.2"},
+            ],
+        }
+    )
+    summary = asyncio.run(run_prepared(prepare(plan, root=project), handle_signals=False))
+    assert summary.done == 2, summary
+    assert (project / "a.txt").read_text() == "new"
+    assert not (project / ".tmp.a").exists()

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import guildrun
 from guildrun._engine import Engine, local_executor
 from guildrun._journal import Journal, journal_path
@@ -27,6 +29,7 @@ def db(root: Path) -> sqlite3.Connection:
     return conn
 
 
+@pytest.mark.slow
 def test_events_stream_while_the_run_goes_on(project: Path) -> None:
     write_plan(
         project,
@@ -165,6 +168,7 @@ def overhead(root: Path, journal: Journal) -> float:
     return float(row[0])
 
 
+@pytest.mark.slow
 def test_injected_engine_delay_is_recovered_in_the_overhead(tmp_path: Path) -> None:
     base_root, slow_root = tmp_path / "base", tmp_path / "slow"
     base_root.mkdir()
@@ -208,6 +212,7 @@ def test_strategies_differ_on_mixed_work() -> None:
     assert walls["work-stealing"] >= walls["longest-first"]
 
 
+@pytest.mark.slow
 def test_simulation_predicts_a_real_run_within_ten_percent(project: Path) -> None:
     # Tasks twice as long as MIXED's, so a process start on a busy machine weighs less.
     slow = {

@@ -518,6 +518,7 @@ class SharedTree(Workspace):
         self._before: dict[str, Manifest] = {}
         self._ran_since_check: set[str] = set()
         self._carry: set[str] = set()
+        self._pending: dict[str, set[str]] = {}  # unowned change -> who may have made it
 
     def open(self) -> list[str]:
         if not self.checking:
@@ -543,6 +544,15 @@ class SharedTree(Workspace):
         return manifest
 
     def check(self, ended: Sequence[str], running: Collection[str]) -> Check:
+        """Judge what changed since the last check.
+
+        A change nobody may make is not judged while a task that could have made it is
+        still running: tools write temporary files and rename them over their own files
+        (`sed -i`, editors, formatters), and undoing such a file mid-write breaks the
+        tool. It is judged once every suspect has ended; by then a temporary file is
+        usually gone, and what is left is undone, and blamed when one task alone could
+        have made it.
+        """
         out = Check(touched={t: [] for t in ended})
         if self.baseline is None:
             return out
@@ -565,18 +575,28 @@ class SharedTree(Workspace):
                 for t in owners:
                     out.touched[t].append(path)
                 continue
-            if self.baseline.differs(path):
-                out.stray.append(path)
+            self._pending.setdefault(path, set()).update(suspects)
         self._ran_since_check = set(running)
-        if out.stray:
-            for path in out.stray:
-                self.baseline.restore(path)
-            if len(suspects) == 1:
-                out.violations[next(iter(suspects))] = out.stray
-                out.stray = []
-            else:
-                out.suspects = sorted(suspects)
+        self._judge(out, set(ended), set(running))
         return out
+
+    def _judge(self, out: Check, ended: set[str], running: set[str]) -> None:
+        assert self.baseline is not None
+        blamed: set[str] = set()
+        for path in sorted(self._pending):
+            who = self._pending[path]
+            if who & running:
+                continue  # a task that may have made it is still at work
+            del self._pending[path]
+            if not self.baseline.differs(path):
+                continue  # a temporary file, gone again
+            self.baseline.restore(path)
+            if len(who) == 1 and who <= ended:
+                out.violations.setdefault(next(iter(who)), []).append(path)
+            else:
+                out.stray.append(path)
+                blamed |= who
+        out.suspects = sorted(blamed)
 
     def _rescan(self) -> set[str]:
         assert self.baseline is not None
