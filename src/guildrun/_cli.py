@@ -148,6 +148,9 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the JSON Schema of plan files")
 
+    mc = sub.add_parser("mcp", help="serve the project to an orchestrating agent over MCP (stdio)")
+    mc.add_argument("--root", help="project root (default: git top level, else cwd)")
+
     from . import _fanout
 
     fo = sub.add_parser("fanout", help="one task per file (or per N files), without a plan file")
@@ -274,6 +277,16 @@ def _cmd_resume(args: argparse.Namespace, con: _Consoles) -> int:
             )
         )
     return _finish(summary, args, con)
+
+
+def _cmd_mcp(args: argparse.Namespace) -> int:
+    try:
+        from ._mcp import main as serve
+    except ImportError as exc:
+        raise UsageError(
+            f"guildrun mcp needs the MCP SDK ({exc.name} is missing): pip install 'guildrun[mcp]'"
+        ) from None
+    return serve(args.root)
 
 
 def _cmd_fanout(args: argparse.Namespace, con: _Consoles) -> int:
@@ -468,6 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if cmd == "demo":
             return _cmd_demo(args, con.out)
+        if cmd == "mcp":
+            return _cmd_mcp(args)
         if cmd == "rerun":
             return _cmd_rerun(args, con)
         if cmd == "fanout":

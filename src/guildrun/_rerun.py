@@ -51,7 +51,7 @@ def prepare_rerun(
     try:
         row = journal.run(run)
         old = str(row["id"])
-        if _alive(row):
+        if run_alive(row):
             raise UsageError(f"run {old} is still running (pid {row['pid']}); wait for it first")
         if row["status"] == "running":
             raise UsageError(
@@ -132,7 +132,7 @@ def _json(text: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _alive(row: sqlite3.Row) -> bool:
+def run_alive(row: sqlite3.Row) -> bool:
     """Whether the engine of a run the journal calls running is still there."""
     status, pid = row["status"], row["pid"]
     if status != "running" or not pid or pid == os.getpid() or not psutil.pid_exists(pid):
