@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -165,3 +166,35 @@ def test_an_orchestrator_drives_plan_run_status_wait_cancel_resume(tmp_path: Pat
         errlog.close()
     err = (tmp_path / "server.err").read_text()
     assert "Traceback" not in err, err
+
+
+def test_a_run_stops_with_the_server(tmp_path: Path) -> None:
+    """The client goes away mid-run: the server stops its agents and journals the run
+    interrupted, so nothing it started outlives it and `guildrun resume` can continue."""
+    root = repo(tmp_path)
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "guildrun", "mcp", "--root", str(root)],
+        env={"PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+
+    async def scenario() -> str:
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            run_id = str((await call(session, "run", plan=plan_of(["slow1", "slow2"])))["run_id"])
+            for _ in range(300):
+                if len(agents_of(run_id)) >= 2:
+                    break
+                await anyio.sleep(0.1)
+            else:
+                pytest.fail("the agents never started")
+        return run_id
+
+    run_id = anyio.run(scenario)
+    assert agents_of(run_id) == []
+    db = sqlite3.connect(root / ".guildrun" / "journal.db")
+    try:
+        (status,) = db.execute("SELECT status FROM runs WHERE id=?", (run_id,)).fetchone()
+    finally:
+        db.close()
+    assert status == "interrupted"
