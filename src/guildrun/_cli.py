@@ -151,6 +151,12 @@ def _parser() -> argparse.ArgumentParser:
     mc = sub.add_parser("mcp", help="serve the project to an orchestrating agent over MCP (stdio)")
     mc.add_argument("--root", help="project root (default: git top level, else cwd)")
 
+    su = sub.add_parser("setup", help="write guildrun.toml from what the project looks like")
+    su.add_argument("--root", help="project root (default: git top level, else cwd)")
+    su.add_argument("--claude", action="store_true", help="also a Claude Code /guildrun command")
+    su.add_argument("--force", action="store_true", help="overwrite files that are there")
+    su.add_argument("--dry-run", action="store_true", help="print what it would write")
+
     from . import _fanout
 
     fo = sub.add_parser("fanout", help="one task per file (or per N files), without a plan file")
@@ -481,6 +487,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if cmd == "demo":
             return _cmd_demo(args, con.out)
+        if cmd == "setup":
+            from ._setup import cmd_setup
+
+            return cmd_setup(args.root, claude=args.claude, force=args.force, dry_run=args.dry_run)
         if cmd == "mcp":
             return _cmd_mcp(args)
         if cmd == "rerun":

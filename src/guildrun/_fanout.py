@@ -228,14 +228,14 @@ def match_files(root: Path, patterns: list[str]) -> list[str]:
             regexes.append(glob_to_regex(clean.removeprefix("./")))
         except ValueError as exc:
             raise UsageError(f"--files: {exc}") from None
-    found = [f for f in _project_files(root) if any(r.match(f) for r in regexes)]
+    found = [f for f in project_files(root) if any(r.match(f) for r in regexes)]
     if not found:
         shown = " ".join(repr(p) for p in patterns)
         raise UsageError(f"--files {shown}: no file matches under {root}")
     return sorted(found)
 
 
-def _project_files(root: Path) -> list[str]:
+def project_files(root: Path) -> list[str]:
     try:
         out = subprocess.run(
             [
