@@ -207,3 +207,22 @@ def test_a_file_that_looks_like_an_option_is_refused(
     assert main(["fanout", "--root", str(root), "--files", "*", "--", "rm"]) == 2
     assert "'-rf' would be read as an option" in capsys.readouterr().err
     assert (root / "-rf").exists()
+
+
+def test_specialists_in_pyproject_beside_the_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "repo"
+    git_tree(root, ["a.py", "b.py"])
+    (root / "pyproject.toml").write_text(
+        "[tool.guildrun]\ntotal_parallel = 1\n\n"
+        "[tool.guildrun.specialists.touch]\n"
+        f'run = ["{sys.executable}", "edit.py", "touched", "{{files}}"]\n'
+    )
+    assert main(["fanout", "touch", "--root", str(root), "--files", "[ab].py", "-q", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["done"] == 2
+    assert json.loads(runs(root)[0]["settings_json"])["total_parallel"] == 1
+    assert (root / "b.py").read_text() == "# b.py\ntouched\n"
+    (root / "pyproject.toml").write_text("[tool.guildrun.specialists.bad]\nrun = 3\n")
+    assert main(["fanout", "bad", "--root", str(root), "--files", "*.py"]) == 2
+    assert "[tool.guildrun.specialists].bad.run" in capsys.readouterr().err

@@ -21,6 +21,7 @@ import contextlib
 import json
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,7 @@ class Runs:
         return {"run_id": run_id, "tasks": len(prepared.plan.tasks), "limits": prepared.limits}
 
     def status(self, run_id: str) -> dict[str, Any]:
+        _check_id(run_id)
         if not journal_path(self.root).exists():
             return self._starting(run_id)
         journal = Journal(journal_path(self.root), readonly=True)
@@ -96,13 +98,13 @@ class Runs:
         return data
 
     async def wait(self, run_id: str, timeout_s: float) -> dict[str, Any]:
+        _check_id(run_id)
         deadline = time.monotonic() + max(0.0, min(float(timeout_s), WAIT_MAX_S))
         active = self.active
         if active is not None and active.run_id.startswith(run_id):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    asyncio.shield(active.task), max(0.0, deadline - time.monotonic())
-                )
+            # asyncio.wait neither cancels the run at the timeout nor raises its error:
+            # an engine fault leaves the run journaled "interrupted", and that is the answer.
+            await asyncio.wait({active.task}, timeout=max(0.0, deadline - time.monotonic()))
             return self._outcome(active.run_id)
         data = self.status(run_id)
         while data.get("status") in ("running", "starting") and time.monotonic() < deadline:
@@ -111,6 +113,7 @@ class Runs:
         return self._outcome(data["run_id"]) if data.get("status") != "running" else data
 
     async def cancel(self, run_id: str) -> dict[str, Any]:
+        _check_id(run_id)
         active = self.active
         if active is None or not active.run_id.startswith(run_id) or active.task.done():
             state = self.status(run_id)
@@ -121,12 +124,13 @@ class Runs:
                 )
             raise UsageError(f"run {state['run_id']} is not running ({state.get('status')})")
         active.engine.stop()
-        await asyncio.shield(active.task)
+        await asyncio.wait({active.task})
         return self._outcome(active.run_id)
 
     async def resume(self, run_id: str) -> dict[str, Any]:
         from ._resume import prepare_resume
 
+        _check_id(run_id)
         self._refuse_if_busy()
         resume_hint(self.root, run_id)
         # Stopping a dead engine's agents waits out their grace period: not on the loop.
@@ -137,6 +141,7 @@ class Runs:
     def report(self, run_id: str) -> dict[str, Any]:
         from ._report import report_json
 
+        _check_id(run_id)
         journal = Journal(journal_path(self.root), readonly=True)
         try:
             return report_json(journal, str(journal.run(run_id)["id"]))
@@ -207,8 +212,7 @@ class Runs:
         active = self.active
         if active is not None and not active.task.done():
             active.engine.stop()
-            with contextlib.suppress(Exception):
-                await asyncio.shield(active.task)
+            await asyncio.wait({active.task})
 
 
 def plan_preview(prepared: Prepared) -> dict[str, Any]:
@@ -243,6 +247,11 @@ def plan_preview(prepared: Prepared) -> dict[str, Any]:
             "best": best.strategy,
         },
     }
+
+
+def _check_id(run_id: str) -> None:
+    if not run_id.strip():
+        raise UsageError("run_id: empty; 'run' returns it, 'guildrun runs' lists them")
 
 
 def _clip(text: str) -> str:
@@ -315,7 +324,8 @@ def build_server(runs: Runs) -> MCPServer[Any]:
 
 
 @contextlib.contextmanager
-def _as_tool_error() -> Any:
+def _as_tool_error() -> Iterator[None]:
+    """guildrun's own errors reach the agent as the CLI words them; others are bugs."""
     try:
         yield
     except GuildrunError as exc:
