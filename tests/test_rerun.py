@@ -123,6 +123,9 @@ def test_resume_of_a_finished_run_points_to_rerun(project: Path, guildrun: Runne
     out = guildrun("resume", run_id, "--retry-failed", "--root", ".", cwd=project)
     assert out.returncode == 2
     assert out.stderr.strip() == (
-        f"guildrun: error: run {run_id} ended (failed); there is nothing to resume. To run its "
+        f"guildrun: error: run {run_id} ended (failed); there is nothing to resume; to run its "
         f"failed and skipped tasks again as a new run: guildrun rerun {run_id} --failed"
     )
+    latest = guildrun("resume", "--root", ".", cwd=project)
+    assert latest.returncode == 2
+    assert f"the latest run, {run_id}, failed: to run its failed" in latest.stderr

@@ -165,7 +165,10 @@ async def rerun_async(
 
 
 def resume_hint(root: str | Path | None, run: str | None) -> None:
-    """Before `resume`: a run that ended has nothing to resume; say how to run it again."""
+    """Before `resume`: a run that failed has nothing to resume; say how to run it again.
+
+    Other cases are left to `resume`, which words them itself.
+    """
     path = journal_path(find_root(root))
     if not path.exists():
         return
@@ -180,12 +183,12 @@ def resume_hint(root: str | Path | None, run: str | None) -> None:
             row = journal.run(run)
     finally:
         journal.close()
-    status, rid = row["status"], row["id"]
-    if status in ("running", "interrupted"):
+    if row["status"] != "failed":
         return
-    if status == "failed":
+    rid = row["id"]
+    again = f"to run its failed and skipped tasks again as a new run: guildrun rerun {rid} --failed"
+    if run is None:
         raise UsageError(
-            f"run {rid} ended ({status}); there is nothing to resume. To run its failed and "
-            f"skipped tasks again as a new run: guildrun rerun {rid} --failed"
+            f"no interrupted run to resume; the latest run, {row['id']}, failed: {again}"
         )
-    raise UsageError(f"run {rid} ended ({status}); there is nothing to resume")
+    raise UsageError(f"run {row['id']} ended (failed); there is nothing to resume; {again}")
