@@ -19,7 +19,30 @@ import psutil
 import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
-pytestmark = pytest.mark.slow  # the server's start (the SDK's imports) takes seconds
+
+def test_other_commands_never_import_the_sdk() -> None:
+    code = (
+        "import sys; from guildrun._cli import main; main(['schema']); "
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'mcp'], 'mcp imported'"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+
+
+def test_without_the_sdk_the_error_says_what_to_install(tmp_path: Path) -> None:
+    code = "import sys; sys.modules['mcp'] = None; from guildrun._cli import main; sys.exit(main())"
+    out = subprocess.run(
+        [sys.executable, "-c", code, "mcp", "--root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert out.stderr == (
+        "guildrun: error: guildrun mcp needs the MCP SDK (mcp is missing): "
+        "pip install 'guildrun[mcp]'\n"
+    )
+
 
 # Writes "ID done" into its file once the file `go` exists; until then it sleeps.
 STEP = (
@@ -71,6 +94,7 @@ def agents_of(run_id: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow  # the server's start (the SDK's imports) takes seconds
 def test_an_orchestrator_drives_plan_run_status_wait_cancel_resume(tmp_path: Path) -> None:
     root = repo(tmp_path)
     errlog = (tmp_path / "server.err").open("w")
@@ -168,6 +192,7 @@ def test_an_orchestrator_drives_plan_run_status_wait_cancel_resume(tmp_path: Pat
     assert "Traceback" not in err, err
 
 
+@pytest.mark.slow
 def test_a_run_stops_with_the_server(tmp_path: Path) -> None:
     """The client goes away mid-run: the server stops its agents and journals the run
     interrupted, so nothing it started outlives it and `guildrun resume` can continue."""

@@ -289,8 +289,9 @@ def _cmd_mcp(args: argparse.Namespace) -> int:
     try:
         from ._mcp import main as serve
     except ImportError as exc:
+        missing = (exc.name or "mcp").split(".")[0]
         raise UsageError(
-            f"guildrun mcp needs the MCP SDK ({exc.name} is missing): pip install 'guildrun[mcp]'"
+            f"guildrun mcp needs the MCP SDK ({missing} is missing): pip install 'guildrun[mcp]'"
         ) from None
     return serve(args.root)
 
