@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -193,9 +194,11 @@ def test_an_orchestrator_drives_plan_run_status_wait_cancel_resume(tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_a_run_stops_with_the_server(tmp_path: Path) -> None:
-    """The client goes away mid-run: the server stops its agents and journals the run
-    interrupted, so nothing it started outlives it and `guildrun resume` can continue."""
+@pytest.mark.parametrize("how", ["client leaves", "SIGTERM"])
+def test_a_run_stops_with_the_server(tmp_path: Path, how: str) -> None:
+    """The client goes away mid-run, or the server gets SIGTERM: it stops its agents and
+    journals the run interrupted, so nothing it started outlives it and `guildrun resume`
+    can continue."""
     root = repo(tmp_path)
     params = StdioServerParameters(
         command=sys.executable,
@@ -213,6 +216,12 @@ def test_a_run_stops_with_the_server(tmp_path: Path) -> None:
                 await anyio.sleep(0.1)
             else:
                 pytest.fail("the agents never started")
+            if how == "SIGTERM":
+                (server,) = [
+                    p for p in psutil.Process().children() if "mcp" in " ".join(p.cmdline())
+                ]
+                server.send_signal(signal.SIGTERM)
+                server.wait(timeout=30)  # it exits (the SDK's transport reaps it)
         return run_id
 
     run_id = anyio.run(scenario)

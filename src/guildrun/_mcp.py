@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -337,15 +339,21 @@ async def serve(root: str | Path | None) -> None:
     runs = Runs(find_root(root))
     server = build_server(runs)
     loop = asyncio.get_running_loop()
-    main = loop.create_task(server.run_stdio_async())
+    signalled = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, main.cancel)
-    try:
-        with contextlib.suppress(asyncio.CancelledError):
-            await main
-    finally:
-        await runs.close()
+            loop.add_signal_handler(sig, signalled.set)
+    serving = loop.create_task(server.run_stdio_async())
+    waiting = loop.create_task(signalled.wait())
+    await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    await runs.close()
+    if signalled.is_set():
+        # The SDK reads stdin in a worker thread that no cancellation reaches, and the
+        # interpreter would wait for it at exit; nothing of ours runs any more: leave.
+        sys.stderr.flush()
+        os._exit(0)
+    waiting.cancel()
+    serving.result()
 
 
 def main(root: str | None) -> int:
