@@ -33,6 +33,7 @@ from ._settings import STRATEGIES, Settings
 
 _FILE = "file"
 _RESERVED = (".git", STATE_DIR)
+_INSTALLED = ("node_modules", "__pycache__", "site-packages", "venv")
 
 
 def add_arguments(sp: argparse.ArgumentParser) -> None:
@@ -258,11 +259,12 @@ def project_files(root: Path) -> list[str]:
         names = [os.fsdecode(n) for n in out.stdout.split(b"\0") if n]
         # Deleted but still tracked files are listed too; only what is there can be owned.
         return [n for n in names if n.split("/", 1)[0] not in _RESERVED and (root / n).is_file()]
+    # No git to say what belongs to the project: leave out hidden folders (.git, .venv)
+    # and installed packages, which no fan-out means to edit.
     files: list[str] = []
     for here, dirs, names in os.walk(root):
         rel = Path(here).relative_to(root)
-        if rel == Path():
-            dirs[:] = [d for d in dirs if d not in _RESERVED]
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in _INSTALLED]
         files += [(rel / n).as_posix() for n in names]
     return files
 

@@ -201,10 +201,10 @@ def specialists(s: Survey) -> dict[str, dict[str, Any]]:
             "run": _claude("the documentation specialist"),
             "files": [f"{d}/**" for d in s.docs] + ["*.md"],
         }
-    for lang, count in s.languages.most_common():
+    for lang, count in _by_count(s.languages):
         exts = sorted(e for e, name in LANGUAGES.items() if name == lang)
         out[_name(lang)] = {
-            "why": f"{lang} code ({count} files)",
+            "why": f"{lang} code ({_files(count)})",
             "run": _claude(f"the {lang} specialist"),
             "files": [f"**/*{e}" for e in exts],
         }
@@ -224,7 +224,7 @@ def specialists(s: Survey) -> dict[str, dict[str, Any]]:
             "run": [
                 "claude",
                 "-p",
-                f"Use the {agent.name} subagent for this task. {{prompt}}",
+                f"Use the {_literal(agent.name)} subagent for this task. {{prompt}}",
                 "--permission-mode",
                 "acceptEdits",
             ],
@@ -242,18 +242,37 @@ def _claude(role: str) -> list[str]:
     ]
 
 
+def _by_count(counts: Counter[str]) -> list[tuple[str, int]]:
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def _files(n: int) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
+
+
+def _literal(text: str) -> str:
+    """Text that a template shows as written (a name with braces is not a placeholder)."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _one_line(text: str, most: int = 300) -> str:
+    """For a TOML comment: a line break in a subagent's description must not end it."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= most else flat[: most - 3] + "..."
+
+
 def _name(text: str) -> str:
     return re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-") or "agent"
 
 
 def config_text(s: Survey) -> str:
     lines = ["# guildrun.toml: written by `guildrun setup` from what it found here."]
-    langs = ", ".join(f"{k} ({n} files)" for k, n in s.languages.most_common()) or "none"
+    langs = ", ".join(f"{k} ({_files(n)})" for k, n in _by_count(s.languages)) or "none"
     lines.append(f"#   languages: {langs}")
     lines.append(f"#   components: {', '.join(s.components) or 'none'}")
     tests = ", ".join([f"{d}/" for d in s.test_dirs] + s.test_patterns) or "none found"
     lines.append(f"#   tests: {tests}")
-    agents = ", ".join(a.name for a in s.agents) or "none"
+    agents = _one_line(", ".join(a.name for a in s.agents)) or "none"
     lines.append(f"#   Claude Code subagents (.claude/agents): {agents}")
     lines += [
         "# Edit freely. A task naming no specialist goes to the first whose `files` patterns",
@@ -265,7 +284,7 @@ def config_text(s: Survey) -> str:
     ]
     for name, spec in specialists(s).items():
         key = name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
-        lines += ["", f"# {spec['why']}", f"[specialists.{key}]"]
+        lines += ["", f"# {_one_line(spec['why'])}", f"[specialists.{key}]"]
         lines.append(f"run = {_toml_list(spec['run'])}")
         lines.append(f"files = {_toml_list(spec['files'])}")
     return "\n".join(lines) + "\n"
