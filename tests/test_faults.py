@@ -19,7 +19,7 @@ import pytest
 
 import guildrun
 from guildrun import wait_exponential, wait_random
-from guildrun._retry import RetrySettings, merge_retry
+from guildrun._policies.retry import RetrySettings, merge_retry
 
 from .conftest import Runner, write_plan
 

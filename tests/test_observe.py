@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import guildrun
-from guildrun._engine import Engine, prepare
+from guildrun._engine import Engine, local_executor
 from guildrun._journal import Journal, journal_path
+from guildrun._prepare import prepare
 from guildrun._schedule import RoundRobin, WorkStealing, distribution
 from guildrun._simulate import predict, simulate
 
@@ -152,7 +153,8 @@ def overhead(root: Path, journal: Journal) -> float:
             "tasks": [{"id": f"t{i}", "specialist": "w"} for i in range(25)],
         }
     )
-    engine = Engine(prepare(plan, root=root), journal)
+    prepared = prepare(plan, root=root)
+    engine = Engine(prepared, journal, local_executor(prepared))
     summary = asyncio.run(engine.execute())
     journal.close()
     assert summary.done == 25

@@ -17,12 +17,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._engine import Prepared, Reporter, prepare, run_prepared, specialist_callable
+from ._engine import Reporter, run_prepared
 from ._errors import GuildrunError, UsageError
 from ._journal import Journal, journal_path
 from ._metrics import Summary, summarize
 from ._paths import find_root
 from ._plan import PHASES, plan_schema
+from ._prepare import Prepared, prepare, specialist_callable
 from ._schedule import Scheduler, distribution
 from ._settings import STRATEGIES
 

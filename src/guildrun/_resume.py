@@ -12,77 +12,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
 
-from ._engine import Prepared, Reporter, ResumeState, run_prepared
+from ._engine import Reporter, ResumeState, run_prepared
 from ._errors import UsageError
+from ._executors.local import agent_groups, stop_groups
 from ._journal import Journal, journal_path
 from ._metrics import Summary
 from ._paths import find_root
 from ._plan import Plan, compile_plan
+from ._prepare import Prepared
 from ._settings import Settings
-from ._workspace import Store
+from ._workspaces.shared import Store
 
 _UNFINISHED = ("running", "interrupted")
-
-
-def agent_groups(run_id: str, pgids: set[int]) -> set[int]:
-    """Process groups of this run's agents that are still alive."""
-    groups: set[int] = set()
-    for proc in psutil.process_iter(["pid", "environ"]):
-        try:
-            env = proc.info["environ"] or {}
-        except (psutil.Error, KeyError):
-            continue
-        if env.get("GUILDRUN_RUN_ID") == run_id:
-            with contextlib.suppress(ProcessLookupError):
-                groups.add(os.getpgid(proc.info["pid"]))
-    for pgid in pgids:
-        # A journaled group counts only if one of its members still carries our run id:
-        # after a reboot the number may belong to someone else.
-        with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
-            environ = Path(f"/proc/{pgid}/environ").read_bytes()
-            if f"GUILDRUN_RUN_ID={run_id}".encode() in environ.split(b"\0"):
-                groups.add(pgid)
-    groups.discard(os.getpgrp())
-    return groups
-
-
-def stop_groups(groups: set[int], grace: float) -> None:
-    """SIGTERM each group, then SIGKILL what is left after the grace period."""
-    for g in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(g, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while groups and time.monotonic() < deadline:
-        groups = {g for g in groups if _group_alive(g)}
-        time.sleep(0.02)
-    for g in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(g, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while any(_group_alive(g) for g in groups) and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # Zombies count as gone: their parent (the dead engine) is no longer there to reap them.
-    for proc in psutil.process_iter(["pid", "status"]):
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(proc.info["pid"]) == pgid and proc.info["status"] != "zombie":
-                return True
-    return False
 
 
 def _pick_run(journal: Journal, run_id: str | None) -> str:

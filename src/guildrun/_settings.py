@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._errors import UsageError
-from ._retry import RetrySettings
+from ._policies.retry import RetrySettings
 
 Strategy = Literal["work-stealing", "round-robin", "longest-first", "auto"]
 STRATEGIES: tuple[str, ...] = ("work-stealing", "round-robin", "longest-first", "auto")
