@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from guildrun._cli import main
-from guildrun._engine import prepare
 from guildrun._plan import Plan, Task
+from guildrun._prepare import prepare
 from guildrun._project import project_specialists
 from guildrun._settings import read_project_config, resolve_settings
 from guildrun._setup import config_text, survey

@@ -31,12 +31,14 @@ from typing import Any
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
-from ._engine import Engine, Prepared, ResumeState, prepare
+from ._engine import Engine, ResumeState, local_executor
 from ._errors import GuildrunError, UsageError
 from ._journal import Journal, journal_path, new_run_id
 from ._metrics import summarize
+from ._monitor import Monitor
 from ._paths import find_root
 from ._plan import parse_plan
+from ._prepare import Prepared, prepare
 from ._rerun import resume_hint, run_alive
 from ._schedule import Scheduler, distribution
 
@@ -179,8 +181,13 @@ class Runs:
                 )
 
     def _start(self, prepared: Prepared, run_id: str, resume: ResumeState | None) -> None:
+        # As `run_prepared` does, without its signal handlers: `cancel` stops the engine.
+        monitor = None
+        if prepared.settings.sample_interval > 0:
+            monitor = Monitor(prepared.settings.max_cpu, prepared.settings.min_free_memory_mb)
+        executor = local_executor(prepared, monitor)
         journal = Journal(journal_path(prepared.root))
-        engine = Engine(prepared, journal, run_id=run_id, resume=resume)
+        engine = Engine(prepared, journal, executor, run_id=run_id, resume=resume, monitor=monitor)
 
         async def drive() -> Any:
             try:

@@ -23,12 +23,13 @@ from typing import Any
 
 import psutil
 
-from ._engine import Prepared, Reporter, ResumeState, run_prepared
+from ._engine import Reporter, ResumeState, run_prepared
 from ._errors import UsageError
 from ._journal import Event, Journal, journal_path, new_run_id
 from ._metrics import Summary
 from ._paths import find_root
 from ._plan import Plan, compile_plan
+from ._prepare import Prepared
 from ._settings import Settings
 
 _NOT_RUN = ("failed", "skipped", "waiting", "running")
