@@ -100,6 +100,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     output_args(rsm)
 
+    rr = sub.add_parser(
+        "rerun", help="a new run of a past run's plan: its failed tasks, or named ones"
+    )
+    rr.add_argument("run")
+    rr.add_argument("--root")
+    rr.add_argument(
+        "--failed", action="store_true", help="run its failed and skipped tasks (the default)"
+    )
+    rr.add_argument("--task", action="append", default=[], metavar="ID", help="run this task")
+    output_args(rr)
+
     rb = sub.add_parser("rollback", help="undo finished work of a run, newest first")
     rb.add_argument("run")
     rb.add_argument("--root")
@@ -137,6 +148,22 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--json", action="store_true", help="print the report data as JSON")
 
     sub.add_parser("schema", help="print the JSON Schema of plan files")
+
+    mc = sub.add_parser("mcp", help="serve the project to an orchestrating agent over MCP (stdio)")
+    mc.add_argument("--root", help="project root (default: git top level, else cwd)")
+
+    su = sub.add_parser("setup", help="write guildrun.toml from what the project looks like")
+    su.add_argument("--root", help="project root (default: git top level, else cwd)")
+    su.add_argument("--claude", action="store_true", help="also a Claude Code /guildrun command")
+    su.add_argument("--force", action="store_true", help="overwrite files that are there")
+    su.add_argument("--dry-run", action="store_true", help="print what it would write")
+
+    from . import _fanout
+
+    fo = sub.add_parser("fanout", help="one task per file (or per N files), without a plan file")
+    _fanout.add_arguments(fo)
+    output_args(fo)
+    fo.add_argument("--fail-fast", action="store_true", help="stop everything at the first failure")
 
     d = sub.add_parser("demo", help="run the demo on a sample repository")
     d.add_argument("--dir", help="where to build the sample repository (default: a temp folder)")
@@ -222,8 +249,28 @@ def _cmd_run(args: argparse.Namespace, con: _Consoles) -> int:
     return _finish(summary, args, con)
 
 
+def _cmd_rerun(args: argparse.Namespace, con: _Consoles) -> int:
+    from ._rerun import rerun_async
+
+    with contextlib.ExitStack() as stack:
+        summary = asyncio.run(
+            rerun_async(
+                args.run,
+                root=args.root,
+                failed=args.failed,
+                tasks=args.task,
+                reporter=_reporter(args, con, stack),
+                own_files=_own_files(args, find_root(args.root)),
+            )
+        )
+    return _finish(summary, args, con)
+
+
 def _cmd_resume(args: argparse.Namespace, con: _Consoles) -> int:
+    from ._rerun import resume_hint
     from ._resume import resume_async
+
+    resume_hint(args.root, args.run)
 
     with contextlib.ExitStack() as stack:
         summary = asyncio.run(
@@ -237,6 +284,27 @@ def _cmd_resume(args: argparse.Namespace, con: _Consoles) -> int:
             )
         )
     return _finish(summary, args, con)
+
+
+def _cmd_mcp(args: argparse.Namespace) -> int:
+    try:
+        from ._mcp import main as serve
+    except ImportError as exc:
+        missing = (exc.name or "mcp").split(".")[0]
+        raise UsageError(
+            f"guildrun mcp needs the MCP SDK ({missing} is missing): pip install 'guildrun[mcp]'"
+        ) from None
+    return serve(args.root)
+
+
+def _cmd_fanout(args: argparse.Namespace, con: _Consoles) -> int:
+    from ._fanout import plan_from_args, plan_yaml
+
+    args.plan = plan_from_args(args)
+    if args.dry_run:
+        sys.stdout.write(plan_yaml(args.plan))
+        return 0
+    return _cmd_run(args, con)
 
 
 def _cmd_rollback(args: argparse.Namespace, out: Console) -> int:
@@ -421,6 +489,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if cmd == "demo":
             return _cmd_demo(args, con.out)
+        if cmd == "setup":
+            from ._setup import cmd_setup
+
+            return cmd_setup(args.root, claude=args.claude, force=args.force, dry_run=args.dry_run)
+        if cmd == "mcp":
+            return _cmd_mcp(args)
+        if cmd == "rerun":
+            return _cmd_rerun(args, con)
+        if cmd == "fanout":
+            return _cmd_fanout(args, con)
         raise UsageError(f"unknown command {cmd!r}")
     except GuildrunError as exc:
         sys.stderr.write(f"guildrun: error: {exc}\n")
