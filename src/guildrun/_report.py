@@ -98,7 +98,8 @@ def _header(a: Analysis, s: Summary) -> str:
         (f"{s.done} / {s.failed} / {s.skipped}", "done / failed / skipped"),
         (fmt_s(a.wall_s), "wall time"),
         (fmt_s(a.task_s), "summed task time"),
-        (fmt_x(a.speedup), "speedup"),
+        (fmt_x(a.parallelism), "parallelism (task time / wall)"),
+        _speedup_stat(s),
         (fmt_pct(a.utilization), "utilization"),
         (fmt_pct(a.efficiency), f"efficiency (bound {fmt_s(a.lower_bound_s)})"),
         (fmt_pct(a.overhead) if a.overhead is not None else "not timed", "coordination overhead"),
@@ -116,6 +117,13 @@ def _header(a: Analysis, s: Summary) -> str:
         f"{s.steals} steals · {len(a.instances)} instances</div>"
         f'<div class="stats">{cells}</div>'
     )
+
+
+def _speedup_stat(s: Summary) -> tuple[str, str]:
+    """Speedup only against a measured run (docs/metrics.md), saying which."""
+    if s.speedup is None:
+        return ("–", "speedup: no sequential run of this plan measured")
+    return (fmt_x(s.speedup), f"speedup vs {s.speedup_vs} (run {s.baseline_run})")
 
 
 # ---------------------------------------------------------------- timeline
@@ -301,7 +309,7 @@ def phases_table(a: Analysis) -> str:
             str(p.tasks),
             fmt_s(p.wall_s),
             fmt_s(p.task_s),
-            fmt_x(p.speedup),
+            fmt_x(p.parallelism),
             _claimed(p),
             str(p.slots),
             f"{fmt_s(p.lower_bound_s)} <span class='muted'>({esc(p.bound_by)})</span>",
@@ -315,14 +323,14 @@ def phases_table(a: Analysis) -> str:
             str(sum(p.tasks for p in a.phases)),
             fmt_s(a.wall_s),
             fmt_s(a.task_s),
-            fmt_x(a.speedup),
+            fmt_x(a.parallelism),
             "",
             str(a.slots),
             fmt_s(a.lower_bound_s),
             fmt_pct(a.efficiency),
         ]
     )
-    head = ["phase", "tasks", "wall", "task time", "speedup", "claimed", "slots"]
+    head = ["phase", "tasks", "wall", "task time", "parallelism", "claimed speedup", "slots"]
     head += ["lower bound", "efficiency"]
     return _table(head, rows, {1, 2, 3, 4, 5, 6, 8})
 
