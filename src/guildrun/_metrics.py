@@ -210,20 +210,18 @@ def alive_intervals(
     """(spawned, retired) of each instance, one pair per journal row (an instance may live
     again in a later phase), relative to `origin`.
 
-    With the run's `active` spans (absolute times), an instance not retired lives until
-    the end of the span it was spawned in (its engine died there), and the time the run
-    sat stopped is cut out; without them, until `end`.
+    With the run's `active` spans (absolute times), an instance lives at most until the
+    end of the span it was spawned in: its engine ended or died there, whatever a later
+    engine wrote for it; without them, an instance not retired lives until `end`.
     """
     out: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for row in rows:
         spawned = row["spawned"]
-        retired = row["retired"]
+        retired = row["retired"] if row["retired"] is not None else end
         if active is None:
-            pieces = [(spawned, retired if retired is not None else end)]
+            pieces = [(spawned, retired)]
         else:
-            if retired is None:
-                retired = segment_end(spawned, active, end)
-            pieces = clip(spawned, retired, active)
+            pieces = clip(spawned, min(retired, segment_end(spawned, active, end)), active)
         out[row["name"]].extend((a - origin, b - origin) for a, b in pieces)
         if not pieces:
             out[row["name"]].append((spawned - origin, spawned - origin))
