@@ -15,6 +15,7 @@ import pytest
 from guildrun._analysis import analyze
 from guildrun._journal import Event, Journal, journal_path
 from guildrun._metrics import summarize
+from guildrun._monitor import Sample
 
 from .conftest import Runner, write_plan
 
@@ -111,6 +112,19 @@ def test_a_killed_engine_counts_until_its_last_journaled_event(tmp_path: Path) -
     assert killed.end == pytest.approx(4.0)
     # end_run retired both w#1 rows at 502; the first lived only while its engine did.
     assert sum(i.alive_s for i in a.instances) == pytest.approx(6.0)
+    j.close()
+
+
+def test_a_killed_engines_last_sample_counts_as_a_sign_of_life(tmp_path: Path) -> None:
+    j = _journal(tmp_path)
+    _open_run(j, 100.0)
+    _attempt(j, "t1", 1, 100.0, None)  # one long task; no event for a while
+    with j.transaction():
+        j.sample(RUN, Sample(160.0, 50.0, 1e9, 1e9, 1, 100.0, 1e6))  # the monitor saw it
+    _resume(j, 900.0)
+    _attempt(j, "t1", 2, 900.0, 901.0)
+    _end(j, 901.0, "done")
+    assert summarize(j, RUN).wall_s == pytest.approx(60.0 + 1.0)
     j.close()
 
 

@@ -359,13 +359,13 @@ def _cmd_plan(args: argparse.Namespace, out: Console) -> int:
     if simulation is not None:
         out.print(
             f"[bold]simulation[/] (estimates: {simulation['estimates']}; "
-            f"work {simulation['work_s']:.1f}s)",
+            f"work {simulation['work_s']:.1f}s; speedup: simulated, over one task at a time)",
             highlight=False,
         )
         for p in simulation["strategies"]:
             out.print(
                 f"  {p['strategy']:<14} wall {p['wall_s']:8.2f}s  speedup {p['speedup']:5.2f}x"
-                f" vs one task at a time (simulated)  utilization {p['utilization']:.0%}",
+                f"  utilization {p['utilization']:.0%}",
                 highlight=False,
             )
         out.print(f"  best: {simulation['best']}", highlight=False)

@@ -11,6 +11,7 @@ spans between are when the run was active; every figure divided by wall time
 from __future__ import annotations
 
 import bisect
+import sqlite3
 from collections.abc import Sequence
 
 from ._journal import Journal
@@ -36,14 +37,26 @@ def active_spans(journal: Journal, run_id: str, created: float, end: float) -> l
             start = None
         else:  # run_resumed
             if start is not None:  # the engine died without saying so
-                last = journal.db.execute(
-                    "SELECT MAX(time) FROM events WHERE run_id=? AND seq<?", (run_id, seq)
-                ).fetchone()[0]
-                spans.append((start, max(start, last if last is not None else start)))
+                spans.append((start, max(start, _last_sign(journal, run_id, seq, t))))
             start = t
     if start is not None:
         spans.append((start, max(start, end)))
     return spans
+
+
+def _last_sign(journal: Journal, run_id: str, seq: int, resumed: float) -> float:
+    """When a killed engine was last seen working: its last event, or its last sample of
+    the machine (taken every `sample_interval` even while one long task runs)."""
+    last = journal.db.execute(
+        "SELECT MAX(time) FROM events WHERE run_id=? AND seq<?", (run_id, seq)
+    ).fetchone()[0]
+    try:
+        sampled = journal.db.execute(
+            "SELECT MAX(time) FROM samples WHERE run_id=? AND time<?", (run_id, resumed)
+        ).fetchone()[0]
+    except sqlite3.OperationalError:  # a journal from before samples were kept
+        sampled = None
+    return max((x for x in (last, sampled) if x is not None), default=0.0)
 
 
 def active_seconds(spans: Sequence[Span]) -> float:
