@@ -105,6 +105,9 @@ def test_runs_and_status_show_a_killed_engines_run_as_interrupted(
     assert note in listed.stdout, listed.stdout
     status = guildrun("status", "--root", str(project), cwd=project)
     assert note in status.stdout and f"run {run_id}: interrupted" in status.stdout
+    report = guildrun("report", "--root", str(project), "--json", cwd=project)
+    assert json.loads(report.stdout)["summary"]["status"] == "interrupted"
+    assert json.loads(report.stdout)["analysis"]["status"] == "interrupted"
     with engine_lock(project, run_id):  # an engine working on it: running, as journaled
         alive = guildrun("runs", "--root", str(project), "--json", cwd=project)
         [row] = json.loads(alive.stdout)

@@ -7,6 +7,7 @@ journal is escaped, because task ids, errors and logs are whatever agents wrote.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import os
@@ -18,6 +19,7 @@ from typing import Any
 
 from ._analysis import Analysis, AttemptSpan, PhaseStats, Sample, analyze
 from ._journal import Journal, journal_path
+from ._liveness import as_seen
 from ._metrics import Summary, summarize
 from ._paths import STATE_DIR, find_root
 
@@ -513,9 +515,11 @@ def cmd_report(root: str | None, run: str | None, html: str | None, as_json: boo
     try:
         run_id: str = journal.run(run)["id"]
         analysis = analyze(journal, run_id)
-        summary = summarize(journal, run_id)
+        summary, gone = as_seen(summarize(journal, run_id), project)
     finally:
         journal.close()
+    if gone is not None:  # the journal says running, but no engine is: say so
+        analysis = dataclasses.replace(analysis, status=summary.status)
     target = Path(html) if html else None
     if target is None and not as_json:
         target = default_report_path(project, run_id)
