@@ -91,7 +91,7 @@ def test_limits_are_never_exceeded(guildrun: Runner, project: Path) -> None:
     for spec, limit in (("interface", 3), ("service", 3), ("test", 1)):
         mine = [(r["start"], r["end"]) for t, r in rec.items() if t.startswith(spec)]
         assert max_overlap(mine) <= limit
-    assert summary["speedup"] > 2.5  # 24 x 0.3 s of work on 5 slots
+    assert summary["parallelism"] > 2.5  # 24 x 0.3 s of work on 5 slots
 
 
 def test_same_file_and_same_lock_never_overlap(guildrun: Runner, project: Path) -> None:

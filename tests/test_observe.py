@@ -133,7 +133,7 @@ def test_resource_guard_holds_back_starts_but_never_stalls(project: Path) -> Non
     with db(project) as conn:
         held = conn.execute("SELECT data FROM events WHERE kind='guard_hold'").fetchone()
     assert "min_free_memory_mb" in json.loads(held["data"])["reason"]
-    assert summary.speedup < 1.3  # one task at a time, from the first start on
+    assert summary.parallelism < 1.3  # one task at a time, from the first start on
 
 
 class SlowJournal(Journal):

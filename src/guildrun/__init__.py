@@ -6,7 +6,7 @@ private and may change.
     import guildrun
     plan = guildrun.load_plan("plan.yaml")
     summary = guildrun.run(plan)              # or: await guildrun.run_async(plan)
-    print(summary.speedup, summary.utilization)
+    print(summary.parallelism, summary.utilization)
 """
 
 import asyncio
