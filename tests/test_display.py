@@ -61,9 +61,9 @@ def test_plain_lines() -> None:
 
 SKIP_EVENTS = [
     # As the engine journals it today: the scheduler's sentence under "cause".
-    Event("task_skipped", 1.0, "b", data={"cause": "dependency 'a' failed"}),
+    Event(EventKind.TASK_SKIPPED, 1.0, "b", data={"cause": "dependency 'a' failed"}),
     # As it may journal it: the failed task under "cause", the sentence under "reason".
-    Event("task_skipped", 1.0, "c", data={"cause": "a", "reason": "dependency 'a' failed"}),
+    Event(EventKind.TASK_SKIPPED, 1.0, "c", data={"cause": "a", "reason": "dependency 'a' failed"}),
 ]
 
 

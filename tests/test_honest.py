@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from guildrun._analysis import analyze
-from guildrun._journal import Event, Journal, journal_path
+from guildrun._journal import Event, EventKind, Journal, journal_path
 from guildrun._metrics import summarize
 from guildrun._monitor import Sample
 
@@ -41,33 +41,33 @@ def _open_run(j: Journal, now: float) -> None:
             ],
             now=now,
         )
-        j.event(RUN, Event("run_started", now))
+        j.event(RUN, Event(EventKind.RUN_STARTED, now))
         j.instance_spawned(RUN, "w#1", "w", now)
 
 
 def _attempt(j: Journal, task: str, n: int, start: float, end: float | None) -> None:
     with j.transaction():
         j.task_started(RUN, task, n, "w#1", None, start, "out", "err")
-        j.event(RUN, Event("task_started", start, task, "w#1"))
+        j.event(RUN, Event(EventKind.TASK_STARTED, start, task, "w#1"))
     if end is not None:
         with j.transaction():
             j.attempt_ended(
                 RUN, task, n, status="ok", started=start, ended=end, exit_code=0, error=None
             )
             j.task_ended(RUN, task, "done", end)
-            j.event(RUN, Event("task_finished", end, task, data={"status": "ok"}))
+            j.event(RUN, Event(EventKind.TASK_FINISHED, end, task, data={"status": "ok"}))
 
 
 def _resume(j: Journal, now: float) -> None:
     with j.transaction():
         j.set_status(RUN, "running")
-        j.event(RUN, Event("run_resumed", now))
+        j.event(RUN, Event(EventKind.RUN_RESUMED, now))
         j.instance_spawned(RUN, "w#1", "w", now)
 
 
 def _end(j: Journal, now: float, status: str) -> None:
     with j.transaction():
-        j.event(RUN, Event("run_ended", now, data={"status": status}))
+        j.event(RUN, Event(EventKind.RUN_ENDED, now, data={"status": status}))
         j.end_run(RUN, status, now)
 
 
@@ -99,7 +99,7 @@ def test_a_killed_engine_counts_until_its_last_journaled_event(tmp_path: Path) -
     _attempt(j, "t1", 1, 100.0, 103.0)
     _attempt(j, "t2", 1, 103.0, None)  # running when the engine was killed
     with j.transaction():
-        j.event(RUN, Event("guard_hold", 104.0, data={"reason": "CPU"}))  # its last sign
+        j.event(RUN, Event(EventKind.GUARD_HOLD, 104.0, data={"reason": "CPU"}))  # its last sign
     _resume(j, 500.0)
     _attempt(j, "t2", 2, 500.0, 502.0)
     _end(j, 502.0, "done")

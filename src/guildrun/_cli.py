@@ -126,8 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     rr = sub.add_parser(
         "rerun", help="a new run of a past run's plan: its failed tasks, or named ones"
     )
-    rr.add_argument("run")
-    rr.add_argument("--root")
+    rr.add_argument("run", help=RUN_HELP)
+    rr.add_argument("--root", help=ROOT_HELP)
     rr.add_argument(
         "--failed", action="store_true", help="run its failed and skipped tasks (the default)"
     )

@@ -62,9 +62,11 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     size.add_argument("--group", type=_positive, metavar="N", help="one task per N files")
     sp.add_argument("--dry-run", action="store_true", help="print the plan as YAML; run nothing")
     sp.add_argument("--root", help="project root (default: git top level, else cwd)")
-    sp.add_argument("--per-agent-type", type=_positive, metavar="N")
-    sp.add_argument("--total-parallel", type=_positive, metavar="N")
-    sp.add_argument("--strategy", choices=STRATEGIES)
+    sp.add_argument("--per-agent-type", type=_positive, metavar="N", help="most instances at once")
+    sp.add_argument(
+        "--total-parallel", type=_positive, metavar="N", help="most tasks running at once"
+    )
+    sp.add_argument("--strategy", choices=STRATEGIES, help="how tasks are shared between instances")
     sp.add_argument(
         "--auto", action="store_true", help="choose the limits from the size of the work"
     )

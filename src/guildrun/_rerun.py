@@ -25,7 +25,7 @@ import psutil
 
 from ._engine import Reporter, ResumeState, run_prepared
 from ._errors import UsageError
-from ._journal import Event, Journal, journal_path, new_run_id
+from ._journal import Event, EventKind, Journal, journal_path, new_run_id
 from ._metrics import Summary
 from ._paths import find_root
 from ._plan import Plan, compile_plan
@@ -97,7 +97,7 @@ def prepare_rerun(
             )
             journal.event(
                 new,
-                Event("run_started", now, data={"rerun_of": old, "tasks": sorted(chosen)}),
+                Event(EventKind.RUN_STARTED, now, data={"rerun_of": old, "tasks": sorted(chosen)}),
             )
             for tid in done:
                 journal.task_ended(new, tid, "done", now, result=results[tid])
