@@ -16,7 +16,7 @@ import random
 import re
 import signal
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from ._plan import CompiledPlan, Plan
 from ._policies.endings import Accept, Ended, Fail, Policy, Retry, RunAlone, decide, default_policy
 from ._policies.retry import RetryPolicy, merge_retry
 from ._prepare import Prepared, prepare, specialist_callable
+from ._runlock import run_lock
 from ._schedule import (
     Decision,
     Distribution,
@@ -687,45 +688,55 @@ async def run_prepared(
     executor: Executor | None = None,
     clock: Clock | None = None,
     journal: Journal | None = None,
+    on_engine: Callable[[Engine], None] | None = None,
 ) -> Summary:
     """Run an already prepared plan; Ctrl-C and SIGTERM stop it cleanly (exit code 130).
 
     `executor` defaults to the local one (processes and callables on this machine);
     `clock` to the wall clock (tests pass a `VirtualClock` with a fake executor).
+    `on_engine` receives the engine before it starts, for callers that stop it
+    themselves (`engine.stop()`), such as the MCP server. A second engine in the same
+    project root is refused (see `_runlock`).
     """
-    if journal is None:
-        journal = Journal(journal_path(prepared.root), crash_after_commit=crash_after_commit)
-    try:
-        monitor = None
-        if prepared.settings.sample_interval > 0:
-            monitor = Monitor(prepared.settings.max_cpu, prepared.settings.min_free_memory_mb)
-        if executor is None:
-            executor = local_executor(prepared, monitor)
-        engine = Engine(
-            prepared,
-            journal,
-            executor,
-            reporter=reporter,
-            run_id=run_id,
-            resume=resume,
-            clock=clock,
-            monitor=monitor,
-            own_files=own_files,
-        )
-        loop = asyncio.get_running_loop()
-        installed: list[signal.Signals] = []
-        if handle_signals:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                    loop.add_signal_handler(sig, engine.stop)
-                    installed.append(sig)
+    run_id = run_id or new_run_id()
+    with run_lock(prepared.root, run_id):
+        own = journal is None
+        if journal is None:
+            journal = Journal(journal_path(prepared.root), crash_after_commit=crash_after_commit)
         try:
-            return await engine.execute()
+            monitor = None
+            if prepared.settings.sample_interval > 0:
+                monitor = Monitor(prepared.settings.max_cpu, prepared.settings.min_free_memory_mb)
+            if executor is None:
+                executor = local_executor(prepared, monitor)
+            engine = Engine(
+                prepared,
+                journal,
+                executor,
+                reporter=reporter,
+                run_id=run_id,
+                resume=resume,
+                clock=clock,
+                monitor=monitor,
+                own_files=own_files,
+            )
+            if on_engine is not None:
+                on_engine(engine)
+            loop = asyncio.get_running_loop()
+            installed: list[signal.Signals] = []
+            if handle_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                        loop.add_signal_handler(sig, engine.stop)
+                        installed.append(sig)
+            try:
+                return await engine.execute()
+            finally:
+                for sig in installed:
+                    loop.remove_signal_handler(sig)
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
-    finally:
-        journal.close()
+            if own:
+                journal.close()
 
 
 def run(plan: Plan | str | Path, **kwargs: Any) -> Summary:

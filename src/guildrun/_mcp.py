@@ -31,11 +31,10 @@ from typing import Any
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
-from ._engine import Engine, ResumeState, local_executor
+from ._engine import Engine, ResumeState, run_prepared
 from ._errors import GuildrunError, UsageError
 from ._journal import Journal, journal_path, new_run_id
 from ._metrics import summarize
-from ._monitor import Monitor
 from ._paths import find_root
 from ._plan import parse_plan
 from ._prepare import Prepared, prepare
@@ -57,8 +56,18 @@ INSTRUCTIONS = (
 @dataclass
 class _Active:
     run_id: str
-    engine: Engine
     task: asyncio.Task[Any]
+    made: asyncio.Event  # set once the engine exists (on the task's first step)
+    engine: Engine | None = None
+
+    async def stop(self) -> None:
+        """Stop the run as Ctrl-C would, and wait until it has ended."""
+        made = asyncio.ensure_future(self.made.wait())
+        await asyncio.wait({made, self.task}, return_when=asyncio.FIRST_COMPLETED)
+        made.cancel()
+        if self.engine is not None:
+            self.engine.stop()
+        await asyncio.wait({self.task})
 
 
 class Runs:
@@ -127,8 +136,7 @@ class Runs:
                     "runs (Ctrl-C there)"
                 )
             raise UsageError(f"run {state['run_id']} is not running ({state.get('status')})")
-        active.engine.stop()
-        await asyncio.wait({active.task})
+        await active.stop()
         return self._outcome(active.run_id)
 
     async def resume(self, run_id: str) -> dict[str, Any]:
@@ -181,21 +189,20 @@ class Runs:
                 )
 
     def _start(self, prepared: Prepared, run_id: str, resume: ResumeState | None) -> None:
-        # As `run_prepared` does, without its signal handlers: `cancel` stops the engine.
-        monitor = None
-        if prepared.settings.sample_interval > 0:
-            monitor = Monitor(prepared.settings.max_cpu, prepared.settings.min_free_memory_mb)
-        executor = local_executor(prepared, monitor)
-        journal = Journal(journal_path(prepared.root))
-        engine = Engine(prepared, journal, executor, run_id=run_id, resume=resume, monitor=monitor)
+        # Without signal handlers: `cancel` (or the server's end) stops the engine.
+        made = asyncio.Event()
 
-        async def drive() -> Any:
-            try:
-                return await engine.execute()
-            finally:
-                journal.close()
+        def keep(engine: Engine) -> None:
+            assert self.active is not None
+            self.active.engine = engine
+            made.set()
 
-        self.active = _Active(run_id, engine, asyncio.get_running_loop().create_task(drive()))
+        task = asyncio.get_running_loop().create_task(
+            run_prepared(
+                prepared, handle_signals=False, run_id=run_id, resume=resume, on_engine=keep
+            )
+        )
+        self.active = _Active(run_id, task, made)
 
     def _starting(self, run_id: str) -> dict[str, Any]:
         active = self.active
@@ -220,8 +227,7 @@ class Runs:
         """Stop a run this server started, as Ctrl-C would; its agents do not outlive us."""
         active = self.active
         if active is not None and not active.task.done():
-            active.engine.stop()
-            await asyncio.wait({active.task})
+            await active.stop()
 
 
 def plan_preview(prepared: Prepared) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from ._metrics import Summary
 from ._paths import find_root
 from ._plan import Plan, compile_plan
 from ._prepare import Prepared
+from ._runlock import run_lock
 from ._settings import Settings
 from ._workspaces.shared import Store
 
@@ -135,21 +136,27 @@ async def resume_async(
     executor: Executor | None = None,
     clock: Clock | None = None,
 ) -> Summary:
-    """Continue an interrupted run (the latest one when `run_id` is None)."""
-    prepared, rid, state = prepare_resume(
-        root, run_id, plan=plan, retry_failed=retry_failed, executor=executor, clock=clock
-    )
-    return await run_prepared(
-        prepared,
-        reporter=reporter,
-        handle_signals=handle_signals,
-        run_id=rid,
-        resume=state,
-        crash_after_commit=crash_after_commit,
-        own_files=own_files,
-        executor=executor,
-        clock=clock,
-    )
+    """Continue an interrupted run (the latest one when `run_id` is None).
+
+    The project's engine lock is taken before the journal is touched, so a second
+    resume (or a run) at the same time is refused cleanly instead of racing on it.
+    """
+    project = find_root(root)
+    with run_lock(project, run_id or "resume"):
+        prepared, rid, state = prepare_resume(
+            project, run_id, plan=plan, retry_failed=retry_failed, executor=executor, clock=clock
+        )
+        return await run_prepared(
+            prepared,
+            reporter=reporter,
+            handle_signals=handle_signals,
+            run_id=rid,
+            resume=state,
+            crash_after_commit=crash_after_commit,
+            own_files=own_files,
+            executor=executor,
+            clock=clock,
+        )
 
 
 def rollback(
