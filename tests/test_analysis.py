@@ -16,6 +16,7 @@ import pytest
 import guildrun
 from guildrun import Plan, Settings, Specialist, Task, TaskContext
 from guildrun._analysis import Analysis, PhaseStats, SpecialistStats, analyze
+from guildrun._clock import VirtualClock
 from guildrun._journal import Journal, journal_path
 from guildrun._metrics import Summary
 
@@ -42,7 +43,15 @@ def run_plan(
         tasks=work,
     )
     # env={}: GUILDRUN_* variables of whoever runs the tests must not change the limits.
-    summary = guildrun.run(plan, root=root, env={})
+    if specialists is not None:  # real processes: real time
+        summary = guildrun.run(plan, root=root, env={})
+    else:
+        # The sleepers sleep on a virtual clock: the figures are exact, in no real time.
+        clock = VirtualClock()
+        try:
+            summary = clock.run(guildrun.run_async(plan, root=root, env={}, clock=clock))
+        finally:
+            clock.close()
     journal = Journal(journal_path(root), readonly=True)
     try:
         return summary, analyze(journal, summary.run_id)
