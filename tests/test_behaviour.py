@@ -426,3 +426,36 @@ def test_a_running_tasks_temporary_file_is_not_undone(project: Path) -> None:
     assert summary.done == 2, summary
     assert (project / "a.txt").read_text() == "new"
     assert not (project / ".tmp.a").exists()
+
+
+def test_strategy_and_retry_objects_given_in_code_reach_the_run(project: Path) -> None:
+    import guildrun
+
+    harness = Harness("fake", project)
+    acts = {f"w{i}": [Act(0.2)] for i in range(1, 8)}
+    acts["w2"] = [Act(0.1, Ending.FAILED, 1), Act(0.1, Ending.FAILED, 1), Act(0.1)]
+    plan = harness.plan(
+        {"settings": {"per_agent_type": 3}, "specialists": {"w": {}}, "tasks": tasks(7)}, acts
+    )
+    clock = VirtualClock()
+    try:
+        summary = clock.run(
+            guildrun.run_async(
+                plan,
+                root=project,
+                env={},
+                strategy=guildrun.RoundRobin(),
+                retry=guildrun.RetryPolicy(attempts=3, wait=guildrun.wait_exponential(0.5)),
+                executor=FakeExecutor(acts),
+                clock=clock,
+                handle_signals=False,
+            )
+        )
+    finally:
+        clock.close()
+    ran = harness.read(summary)
+    assert ran.summary.done == 7  # the plan allows one try; the policy object three
+    assert [a["status"] for a in ran.attempts if a["task_id"] == "w2"] == ["failed"] * 2 + ["ok"]
+    firsts = {a["task_id"]: a["instance"] for a in ran.attempts if a["attempt"] == 1}
+    # Round robin keeps the static deal: w1, w4, w7 on one instance (nobody steals).
+    assert firsts["w1"] == firsts["w4"] == firsts["w7"]
