@@ -422,7 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_demo(args, con.out)
         raise UsageError(f"unknown command {cmd!r}")
     except GuildrunError as exc:
-        sys.stderr.write(f"guildrun: error: {exc}\n")
+        for line in str(exc).splitlines() or [""]:
+            sys.stderr.write(f"guildrun: error: {line}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("guildrun: interrupted\n")
