@@ -17,7 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._engine import Prepared, Reporter, prepare, run_prepared, specialist_callable
+from ._engine import Prepared, Reporter, prepare, run_prepared
 from ._errors import GuildrunError, UsageError
 from ._journal import Journal, journal_path
 from ._metrics import Summary, summarize
@@ -251,6 +251,7 @@ def _cmd_rollback(args: argparse.Namespace, out: Console) -> int:
 
 def _cmd_plan(args: argparse.Namespace, out: Console) -> int:
     prepared = _prepare(args)
+    _print_warnings(prepared)
     plan = prepared.plan
     sched = Scheduler(
         plan,
@@ -316,11 +317,35 @@ def _cmd_plan(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+def _print_warnings(prepared: Prepared) -> None:
+    """Warnings of the plan check on stderr: they never stop anything."""
+    from ._plan import plan_warnings
+
+    for line in plan_warnings(prepared.source):
+        sys.stderr.write(f"warning: {line}\n")
+
+
+def _load_python_specialists(prepared: Prepared) -> None:
+    from ._errors import PlanError
+    from ._loader import load_specialist
+
+    for spec in prepared.plan.specialists.values():
+        if spec.python is None:
+            continue
+        try:
+            load_specialist(spec.python, prepared.root)
+        except Exception as exc:  # any import-time error of the user's module
+            raise PlanError(
+                f"cannot load {spec.python!r}: {type(exc).__name__}: {exc}",
+                file=prepared.plan.source,
+                field=f"specialists.{spec.name}.python",
+            ) from None
+
+
 def _cmd_validate(args: argparse.Namespace, out: Console) -> int:
     prepared = _prepare(args)
-    for spec in prepared.plan.specialists.values():
-        if spec.python is not None:
-            specialist_callable(spec, prepared.plan.source)
+    _load_python_specialists(prepared)
+    _print_warnings(prepared)
     phases = ", ".join(p for p in PHASES if p in prepared.plan.phases())
     out.print(
         f"{args.plan}: valid; {len(prepared.plan.tasks)} tasks in {phases or 'no phase'}",

@@ -363,8 +363,14 @@ def _schema_errors(
     """One PlanError for every schema error, and for the plan's other errors where the
     schema errors can be set aside (a wrong field of a task is dropped, the rest checked)."""
     found: list[tuple[FieldPath, str]] = []
-    for err in exc.errors()[: MAX_PROBLEMS + 1]:
-        loc: FieldPath = tuple(err["loc"])
+    seen: set[FieldPath] = set()
+    for err in exc.errors()[: 4 * MAX_PROBLEMS]:
+        # A value that fits no member of a union (`run: list or string`) fails once per
+        # member; the members' names are not fields of the plan: name the field once.
+        loc: FieldPath = tuple(s for s in err["loc"] if not _union_member(s))
+        if loc in seen:
+            continue
+        seen.add(loc)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = f"unknown field {_short(loc[-1])}" + _did_you_mean(str(loc[-1]), _fields_at(loc))
@@ -388,6 +394,12 @@ def _schema_errors(
                 if not any(path[: len(p)] == p or path == p[:-1] for p in pruned):
                     problems.append(_locate(err_, plan))
     return _combine(problems)
+
+
+def _union_member(step: str | int) -> bool:
+    return isinstance(step, str) and (
+        "[" in step or step in ("str", "int", "float", "bool", "none", "function-after")
+    )
 
 
 def _prune(data: dict[str, Any], locs: list[FieldPath]) -> list[FieldPath] | None:

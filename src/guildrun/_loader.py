@@ -1,0 +1,35 @@
+"""Finding a `python: module:function` specialist.
+
+The README's pattern keeps the module next to the plan, in the project root; but the
+`guildrun` command's own folder, not the project, leads sys.path. The root is searched
+first, for that one import only, so a project file never shadows a module elsewhere.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ._runners import load_callable
+
+
+def load_specialist(ref: str, root: Path | None) -> Callable[..., Any]:
+    """Import `ref` ("module:function"), looking in `root` first; errors propagate."""
+    top = ref.partition(":")[0].split(".", 1)[0]
+    folder = str(root) if root is not None else None
+    if (
+        folder is None
+        or top in sys.modules
+        or folder in sys.path
+        or importlib.machinery.PathFinder.find_spec(top, [folder]) is None
+    ):
+        return load_callable(ref)
+    sys.path.insert(0, folder)
+    try:
+        return load_callable(ref)
+    finally:
+        if sys.path and sys.path[0] == folder:
+            del sys.path[0]
