@@ -367,7 +367,13 @@ def _schema_errors(
     for err in exc.errors()[: 4 * MAX_PROBLEMS]:
         # A value that fits no member of a union (`run: list or string`) fails once per
         # member; the members' names are not fields of the plan: name the field once.
-        loc: FieldPath = tuple(s for s in err["loc"] if not _union_member(s))
+        raw: FieldPath = tuple(err["loc"])
+        keep_last = err["type"] == "extra_forbidden"
+        loc: FieldPath = raw[:1] + tuple(
+            s
+            for k, s in enumerate(raw[1:], 1)
+            if not _union_member(s) or (keep_last and k == len(raw) - 1)
+        )
         if loc in seen:
             continue
         seen.add(loc)
