@@ -192,7 +192,7 @@ def fuzz(tmp_path: Path, seed: int, count: int) -> dict[str, int]:
             seen[check_one(root, name, text)] += 1
         except AssertionError:
             raise
-        except BaseException as exc:  # noqa: BLE001 - any other exception is the bug we hunt
+        except BaseException as exc:  # any other exception is the bug we hunt
             raise AssertionError(
                 f"seed {seed} case {case}: {type(exc).__name__}: {exc}\n{text[:3000]}"
             ) from exc
