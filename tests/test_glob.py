@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import guildrun
 from guildrun._glob import Glob
 from guildrun._paths import glob_to_regex
 
@@ -102,3 +104,20 @@ def test_no_future_warning_from_set_syntax() -> None:
         warnings.simplefilter("error")
         for pattern in ("[[a]", "[a&&b]", "[a||b]", "[a~~b]", "[--]"):
             glob_to_regex(pattern)
+
+
+@pytest.mark.timeout(60)
+def test_hostile_writes_glob_does_not_stall_the_ownership_check(project: Path) -> None:
+    # The same pattern in `writes:` stalled the check of every write a task made.
+    name = "a" * 40
+    plan = guildrun.Plan.model_validate(
+        {
+            "specialists": {"w": {"run": f"printf x > {name}", "shell": True, "writes": [HOSTILE]}},
+            "tasks": [{"id": "t", "specialist": "w"}],
+        }
+    )
+    started = time.monotonic()
+    summary = guildrun.run(plan, root=project)
+    assert time.monotonic() - started < 30
+    assert summary.failed == 1  # the pattern does not cover the file: a violation, undone
+    assert not (project / name).exists()

@@ -477,3 +477,45 @@ def test_large_file_lists_validate_in_near_linear_time(project: Path) -> None:
     small = min(_compile_seconds(project, 4_000) for _ in range(2))
     large = _compile_seconds(project, 32_000)
     assert large < 2.5 + 20 * small, (small, large)
+
+
+@pytest.mark.parametrize(
+    ("run", "warned"),
+    [
+        (["sh", "-c", "echo {prompt}"], True),
+        (["/bin/bash", "-lc", "cat; echo {task_id}"], True),
+        (["env", "FOO=1", "python3", "-c", "print('{prompt}')"], True),
+        (["python3.11", "-c", "print('{phase}')"], True),
+        (["node", "-e", "console.log('{prompt}')"], True),
+        (["perl", "-ne", "print if /{prompt}/"], True),
+        (["ruby", "-e", "puts '{scope}'"], True),
+        (["sh", "-c", 'echo "$GUILDRUN_PROMPT"'], False),
+        (["python3", "agent.py", "{prompt}"], False),
+        (["sh", "-c", "exec agent", "{prompt}"], False),
+        (["echo", "-c", "{prompt}"], False),
+    ],
+)
+def test_placeholders_in_inline_code_are_warned(
+    project: Path, run: list[str], warned: bool
+) -> None:
+    from guildrun._plan import plan_warnings
+
+    plan = Plan.model_validate(
+        {
+            "specialists": {"s": {"run": run}},
+            "tasks": [
+                {"id": "a", "specialist": "s", "prompt": "p"},
+                {"id": "b", "specialist": "s"},
+            ],
+        }
+    )
+    compile_plan(plan, project)
+    hits = [w for w in plan_warnings(plan) if "is pasted into code" in w]
+    assert bool(hits) == warned, plan_warnings(plan)
+
+
+def test_did_you_mean_for_settings_fields(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = BASE.replace("specialists:", "settings:\n  per_agent_typ: 2\nspecialists:", 1)
+    refused(project, text, capsys, "settings.per_agent_typ", "did you mean 'per_agent_type'?")
