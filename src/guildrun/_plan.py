@@ -371,7 +371,8 @@ def _schema_errors(
     schema errors can be set aside (a wrong field of a task is dropped, the rest checked)."""
     found: list[tuple[FieldPath, str]] = []
     seen: set[FieldPath] = set()
-    for err in exc.errors()[: 4 * MAX_PROBLEMS]:
+    errors = exc.errors()
+    for err in errors[: 4 * MAX_PROBLEMS]:
         # A value that fits no member of a union (`run: list or string`) fails once per
         # member; the members' names are not fields of the plan: name the field once.
         raw: FieldPath = tuple(err["loc"])
@@ -394,6 +395,7 @@ def _schema_errors(
         PlanError(msg, file=name, field=format_path(loc), line=locator.line(loc))
         for loc, msg in found
     ]
+
     pruned = _prune(data, [loc for loc, _ in found])
     if pruned is not None and len(found) < MAX_PROBLEMS:
         with contextlib.suppress(ValidationError, RecursionError):
@@ -406,7 +408,7 @@ def _schema_errors(
                 path: FieldPath = getattr(err_, "path", ())
                 if not any(path[: len(p)] == p or path == p[:-1] for p in pruned):
                     problems.append(_locate(err_, plan))
-    return _combine(problems)
+    return _combine(problems, max(0, len(errors) - 4 * MAX_PROBLEMS))
 
 
 def _union_member(step: str | int) -> bool:
@@ -419,8 +421,8 @@ def _prune(data: dict[str, Any], locs: list[FieldPath]) -> list[FieldPath] | Non
     """Drop the fields the schema refused, so the rest of the plan can still be checked.
 
     Returns the fields dropped (errors under them, or of their object as a whole, would
-    be noise), or None when a
-    refused value cannot be dropped without changing what the plan means.
+    be noise), or None when a refused value cannot be dropped without changing what the
+    plan means.
     """
     touched: list[FieldPath] = []
     for loc in locs:
@@ -462,11 +464,7 @@ def _fields_at(loc: FieldPath) -> list[str]:
         model = Task
         if depth >= 3 and loc[2] == "retry":
             model = RetrySettings
-    return [
-        n
-        for n, f in model.model_fields.items()
-        if not n.startswith("_") and n not in ("func", "source")
-    ]
+    return [n for n in model.model_fields if n not in ("func", "source")]
 
 
 def _did_you_mean(word: str, candidates: Sequence[str], report: _Report | None = None) -> str:
@@ -493,13 +491,14 @@ def _locate(exc: PlanError, plan: Plan) -> PlanError:
     return PlanError(exc.reason, file=plan.source, field=format_path(path) or None, line=line)
 
 
-def _combine(problems: list[PlanError]) -> PlanError:
+def _combine(problems: list[PlanError], unlisted: int = 0) -> PlanError:
+    """The first MAX_PROBLEMS problems by line, and a count of the rest."""
     problems = sorted(problems, key=lambda p: p.line if p.line is not None else 1 << 62)
-    if len(problems) > MAX_PROBLEMS:
-        rest = len(problems) - MAX_PROBLEMS
-        first = problems[0]
+    rest = unlisted + max(0, len(problems) - MAX_PROBLEMS)
+    if rest:
+        file = problems[0].file
         problems = problems[:MAX_PROBLEMS]
-        problems.append(PlanError(f"... and {rest} more problems", file=first.file))
+        problems.append(PlanError(f"... and {rest} more problems", file=file))
     return PlanError.of(problems)
 
 
@@ -532,10 +531,7 @@ class _Report:
         if not self.errors:
             return
         shown = [_locate(e, plan) for e in self.errors[: 5 * MAX_PROBLEMS]]
-        rest = len(self.errors) - len(shown)
-        if rest:
-            shown.append(PlanError(f"... and {rest} more problems", file=plan.source))
-        raise _combine(shown)
+        raise _combine(shown, len(self.errors) - len(shown))
 
     def warning_lines(self, plan: Plan) -> list[str]:
         located = sorted(
