@@ -519,3 +519,17 @@ def test_did_you_mean_for_settings_fields(
 ) -> None:
     text = BASE.replace("specialists:", "settings:\n  per_agent_typ: 2\nspecialists:", 1)
     refused(project, text, capsys, "settings.per_agent_typ", "did you mean 'per_agent_type'?")
+
+
+def test_yaml_aliases_that_multiply_are_refused_quickly(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "Billion laughs": aliases of aliases; nothing may walk the expanded tree.
+    rows = ["  l0: &l0 [a, a, a, a, a, a, a, a, a, a]"]
+    rows += [f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    text = BASE.replace("tasks:", "anchors:\n" + "\n".join(rows) + "\ntasks:")
+    text += "    locks: *l8\n    prompt: *l8\n"
+    started = time.monotonic()
+    code, _, err = validate_in_process(project, text, capsys)
+    assert code == 2 and "unknown field 'anchors'" in err[0], err
+    assert time.monotonic() - started < 10

@@ -14,6 +14,7 @@ import difflib
 import heapq
 import json
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,7 +315,7 @@ def _read_data(text: str, name: str, json_format: bool) -> Any:
         except RecursionError:
             raise PlanError("invalid JSON: nested too deeply", file=name) from None
         except ValueError as exc:  # a number of more than 4,300 digits
-            raise PlanError(f"invalid JSON: {exc}", file=name) from None
+            raise PlanError(f"invalid JSON: {_number_error(exc)}", file=name) from None
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
     except yaml.MarkedYAMLError as exc:
@@ -332,7 +333,14 @@ def _read_data(text: str, name: str, json_format: bool) -> Any:
     except RecursionError:
         raise PlanError("invalid YAML: nested too deeply", file=name) from None
     except ValueError as exc:  # a number of more than 4,300 digits
-        raise PlanError(f"invalid YAML: {exc}", file=name) from None
+        raise PlanError(f"invalid YAML: {_number_error(exc)}", file=name) from None
+
+
+def _number_error(exc: ValueError) -> str:
+    text = str(exc)
+    if "digits" in text:
+        return f"a number with too many digits (at most {sys.get_int_max_str_digits()})"
+    return text
 
 
 def parse_plan(
