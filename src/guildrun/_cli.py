@@ -326,20 +326,11 @@ def _print_warnings(prepared: Prepared) -> None:
 
 
 def _load_python_specialists(prepared: Prepared) -> None:
-    from ._errors import PlanError
-    from ._loader import load_specialist
+    from ._loader import specialist_function
 
     for spec in prepared.plan.specialists.values():
-        if spec.python is None:
-            continue
-        try:
-            load_specialist(spec.python, prepared.root)
-        except Exception as exc:  # any import-time error of the user's module
-            raise PlanError(
-                f"cannot load {spec.python!r}: {type(exc).__name__}: {exc}",
-                file=prepared.plan.source,
-                field=f"specialists.{spec.name}.python",
-            ) from None
+        if spec.python is not None:
+            specialist_function(spec, prepared.plan.source)
 
 
 def _cmd_validate(args: argparse.Namespace, out: Console) -> int:

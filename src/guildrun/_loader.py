@@ -11,9 +11,13 @@ import importlib.machinery
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ._errors import PlanError
 from ._runners import load_callable
+
+if TYPE_CHECKING:
+    from ._plan import SpecialistSpec
 
 
 def load_specialist(ref: str, root: Path | None) -> Callable[..., Any]:
@@ -33,3 +37,16 @@ def load_specialist(ref: str, root: Path | None) -> Callable[..., Any]:
     finally:
         if sys.path and sys.path[0] == folder:
             del sys.path[0]
+
+
+def specialist_function(spec: SpecialistSpec, source: str | None) -> Callable[..., Any]:
+    """Import a `python: module:function` specialist; failing that is bad input (exit 2)."""
+    assert spec.python is not None
+    try:
+        return load_specialist(spec.python, spec.root)
+    except Exception as exc:  # any import-time error of the user's module
+        raise PlanError(
+            f"cannot load {spec.python!r}: {type(exc).__name__}: {exc}",
+            file=source,
+            field=f"specialists.{spec.name}.python",
+        ) from None
