@@ -17,9 +17,12 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from guildrun._engine import prepare
 from guildrun._errors import PlanError, UsageError
+from guildrun._plan import parse_plan
 
 NASTY_STRINGS = [
     "",
@@ -252,3 +255,12 @@ def test_fuzzed_plans_through_the_command(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_more_fuzzed_plans_through_the_command(tmp_path: Path) -> None:
     cli_cases(tmp_path, seed=8, count=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300), st.booleans())
+def test_any_text_is_a_plan_or_a_plan_error(text: str, as_json: bool) -> None:
+    try:
+        parse_plan(text, "p", json_format=as_json)
+    except PlanError as exc:
+        assert all(0 < len(line) < 1000 for line in str(exc).splitlines())
