@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 from ._engine import Reporter, run_prepared
 from ._errors import GuildrunError, UsageError
 from ._journal import Journal, journal_path
+from ._loader import specialist_function
 from ._metrics import Summary, summarize
 from ._paths import find_root
 from ._plan import PHASES, plan_schema
-from ._prepare import Prepared, prepare, specialist_callable
+from ._prepare import Prepared, prepare
 from ._schedule import Scheduler, distribution
 from ._settings import STRATEGIES
 
@@ -376,6 +377,7 @@ def _cmd_rollback(args: argparse.Namespace, out: Console) -> int:
 
 def _cmd_plan(args: argparse.Namespace, out: Console) -> int:
     prepared = _prepare(args)
+    _print_warnings(prepared)
     plan = prepared.plan
     sched = Scheduler(
         plan,
@@ -441,11 +443,25 @@ def _cmd_plan(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
-def _cmd_validate(args: argparse.Namespace, out: Console) -> int:
-    prepared = _prepare(args)
+def _print_warnings(prepared: Prepared) -> None:
+    """Warnings of the plan check on stderr: they never stop anything."""
+    from ._plan import plan_warnings
+
+    for line in plan_warnings(prepared.source):
+        sys.stderr.write(f"warning: {line}\n")
+
+
+def _load_python_specialists(prepared: Prepared) -> None:
+
     for spec in prepared.plan.specialists.values():
         if spec.python is not None:
-            specialist_callable(spec, prepared.plan.source)
+            specialist_function(spec, prepared.plan.source)
+
+
+def _cmd_validate(args: argparse.Namespace, out: Console) -> int:
+    prepared = _prepare(args)
+    _load_python_specialists(prepared)
+    _print_warnings(prepared)
     phases = ", ".join(p for p in PHASES if p in prepared.plan.phases())
     out.print(
         f"{args.plan}: valid; {len(prepared.plan.tasks)} tasks in {phases or 'no phase'}",
@@ -584,7 +600,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_fanout(args, con)
         raise UsageError(f"unknown command {cmd!r}")
     except GuildrunError as exc:
-        sys.stderr.write(f"guildrun: error: {exc}\n")
+        for line in str(exc).splitlines() or [""]:
+            sys.stderr.write(f"guildrun: error: {line}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("guildrun: interrupted\n")

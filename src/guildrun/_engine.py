@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import re
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -23,15 +22,17 @@ from typing import Any
 
 from ._clock import Clock, WallClock
 from ._executors.base import Ending, Executor, Job, Outcome
+from ._glob import Glob
 from ._jobs import Jobs
 from ._journal import Event, EventKind, Journal, journal_path, new_run_id
+from ._loader import specialist_function
 from ._metrics import Summary, summarize
 from ._monitor import Monitor
 from ._paths import STATE_DIR, glob_to_regex
 from ._plan import CompiledPlan, Plan
 from ._policies.endings import Accept, Ended, Fail, Policy, Retry, RunAlone, decide, default_policy
 from ._policies.retry import RetryPolicy, merge_retry
-from ._prepare import Prepared, prepare, specialist_callable
+from ._prepare import Prepared, prepare
 from ._runlock import run_lock
 from ._schedule import (
     Decision,
@@ -113,7 +114,7 @@ class _Rules:
     """Per-task rules, resolved once from settings, specialist and task."""
 
     retry: RetryPolicy
-    writes: tuple[re.Pattern[str], ...]
+    writes: tuple[Glob, ...]
     on_violation: str
 
 
@@ -749,7 +750,7 @@ def local_executor(prepared: Prepared, monitor: Monitor | None = None) -> Execut
     from ._executors.local import LocalExecutor
 
     callables = {
-        name: spec.func or specialist_callable(spec, prepared.plan.source)
+        name: spec.func or specialist_function(spec, prepared.plan.source)
         for name, spec in prepared.plan.specialists.items()
         if spec.argv is None and spec.shell_script is None
     }

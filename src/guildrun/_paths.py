@@ -6,14 +6,20 @@ Every path a task owns is checked here once, at plan time, so nothing later
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
+import stat
 import subprocess
 from functools import lru_cache
 from pathlib import Path
 
+from ._glob import Glob, compile_glob
+
 STATE_DIR = ".guildrun"
 _RESERVED = (".git", STATE_DIR)
+MAX_PATH = 4096  # characters of an owned path (Linux: PATH_MAX bytes)
+MAX_NAME_BYTES = 255  # bytes of one name in it (NAME_MAX)
 
 
 def find_root(explicit: str | Path | None = None, cwd: Path | None = None) -> Path:
@@ -45,16 +51,22 @@ def normalize_owned_path(root: Path, raw: str, folders: dict[str, Path] | None =
     if not raw or not raw.strip():
         raise ValueError("empty path")
     if "\x00" in raw:
-        raise ValueError(f"path {raw!r} contains a NUL byte")
+        raise ValueError(f"path {_short(raw)} contains a NUL byte")
+    if len(raw) > MAX_PATH:
+        raise ValueError(f"path of {len(raw)} characters is too long (at most {MAX_PATH})")
     text = raw.replace("\\", "/")
     if text.startswith("/") or re.match(r"^[A-Za-z]:/", text):
-        raise ValueError(f"path {raw!r} is absolute; owned paths are relative to the project root")
+        raise ValueError(
+            f"path {_short(raw)} is absolute; owned paths are relative to the project root"
+        )
     norm = posixpath.normpath(text)
     if norm == "." or norm == ".." or norm.startswith("../"):
-        raise ValueError(f"path {raw!r} leaves the project root")
+        raise ValueError(f"path {_short(raw)} leaves the project root")
+    if any(len(os.fsencode(part)) > MAX_NAME_BYTES for part in norm.split("/")):
+        raise ValueError(f"path {_short(raw)} has a name longer than {MAX_NAME_BYTES} bytes")
     first = norm.split("/", 1)[0]
     if first in _RESERVED:
-        raise ValueError(f"path {raw!r} is inside {first}/, which guildrun keeps for itself")
+        raise ValueError(f"path {_short(raw)} is inside {first}/, which guildrun keeps for itself")
     resolved_root = _resolved(root)
     # Folders are resolved once per plan check (`folders` caches them): a plan of 100,000
     # files has far fewer folders, and resolving is the costly part.
@@ -64,11 +76,47 @@ def normalize_owned_path(root: Path, raw: str, folders: dict[str, Path] | None =
     if where is None:
         where = cache[parent] = (resolved_root / parent).resolve()
     target = where / name
-    if target.is_symlink():
+    if not where.is_relative_to(resolved_root):
+        raise ValueError(
+            f"path {_short(raw)} leaves the project root through a symlink (to {target})"
+        )
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return norm  # a file the task will create
+    except OSError as exc:
+        raise ValueError(f"path {_short(raw)}: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
         target = target.resolve()
-    if not target.is_relative_to(resolved_root):
-        raise ValueError(f"path {raw!r} leaves the project root through a symlink (to {target})")
+        if not target.is_relative_to(resolved_root):
+            raise ValueError(
+                f"path {_short(raw)} leaves the project root through a symlink (to {target})"
+            )
+        try:
+            st = target.stat()
+        except OSError:
+            return norm  # a dangling link inside the root: the task may create its target
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise ValueError(
+            f"path {_short(raw)} is a {_kind(st.st_mode)}, not a regular file: guildrun "
+            "never reads one (a FIFO or a device can block or never end)"
+        )
     return norm
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "special file"
+
+
+def _short(raw: str, limit: int = 80) -> str:
+    text = repr(raw)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
 @lru_cache(maxsize=8)
@@ -76,39 +124,10 @@ def _resolved(root: Path) -> Path:
     return root.resolve()
 
 
-def glob_to_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a path glob where `*` stays inside one folder and `**` crosses folders."""
-    out: list[str] = []
-    i = 0
-    n = len(pattern)
-    while i < n:
-        c = pattern[i]
-        if c == "*":
-            if pattern.startswith("**", i):
-                i += 2
-                if i < n and pattern[i] == "/":
-                    i += 1
-                    out.append("(?:.*/)?")
-                else:
-                    out.append(".*")
-                continue
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            end = pattern.find("]", i + 1)
-            if end == -1:
-                out.append(re.escape(c))
-            else:
-                body = pattern[i + 1 : end].replace("\\", "\\\\")
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append(f"[{body}]")
-                i = end
-        else:
-            out.append(re.escape(c))
-        i += 1
-    try:
-        return re.compile("".join(out) + r"\Z")
-    except re.error as exc:
-        raise ValueError(f"bad glob pattern {pattern!r}: {exc}") from None
+def glob_to_regex(pattern: str) -> Glob:
+    """Compile a path glob where `*` stays inside one folder and `**` crosses folders.
+
+    The name is historical: the result is a `Glob`, matched without backtracking
+    (see `_glob`), with the `match(path)` of a compiled regex.
+    """
+    return compile_glob(pattern)

@@ -9,16 +9,14 @@ take the place of the settings' names here, so they reach the scheduler as given
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._errors import PlanError
-from ._executors.local import load_callable
 from ._journal import journal_path
 from ._paths import find_root
-from ._plan import CompiledPlan, Plan, SpecialistSpec, compile_plan, load_plan
+from ._plan import CompiledPlan, Plan, compile_plan, load_plan
 from ._policies.retry import RetryPolicy
 from ._schedule import Distribution, distribution
 from ._settings import Settings, read_project_config, resolve_settings
@@ -119,16 +117,3 @@ def prepare(
         compiled.tasks, compiled.specialists, settings, compiled.source, compiled.by_id
     )
     return Prepared(compiled, model, project_root, settings, limits, tuple(notes), strategy, retry)
-
-
-def specialist_callable(spec: SpecialistSpec, source: str | None) -> Callable[..., Any]:
-    """Import a `python: module:function` specialist; failing that is bad input (exit 2)."""
-    assert spec.python is not None
-    try:
-        return load_callable(spec.python)
-    except Exception as exc:  # any import-time error of the user's module
-        raise PlanError(
-            f"cannot load {spec.python!r}: {type(exc).__name__}: {exc}",
-            file=source,
-            field=f"specialists.{spec.name}.python",
-        ) from None

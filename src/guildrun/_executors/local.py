@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import errno
 import functools
-import importlib
 import inspect
 import os
 import shutil
@@ -306,15 +305,6 @@ async def _stop_group(pgid: int, exited: asyncio.Future[None], grace: float) -> 
     except TimeoutError:
         _kill_group(pgid, signal.SIGKILL)
         await exited
-
-
-def load_callable(ref: str) -> Callable[..., Any]:
-    module_name, _, attr = ref.partition(":")
-    module = importlib.import_module(module_name)
-    fn = getattr(module, attr)
-    if not callable(fn):
-        raise TypeError(f"{ref} is not callable")
-    return fn  # type: ignore[no-any-return]
 
 
 def agent_groups(run_id: str, pgids: set[int]) -> set[int]:

@@ -7,9 +7,9 @@ is reported as the extra files it needed.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 
+from .._glob import Glob
 from .._paths import glob_to_regex
 from .._plan import CompiledPlan
 
@@ -18,7 +18,7 @@ class Ownership:
     def __init__(
         self,
         plan: CompiledPlan,
-        writes: Mapping[str, tuple[re.Pattern[str], ...]],
+        writes: Mapping[str, tuple[Glob, ...]],
         ignore: Iterable[str],
         own_files: Iterable[str] = (),
     ) -> None:
