@@ -1,0 +1,257 @@
+"""The one way guildrun runs git: with every program a repository can configure switched off.
+
+Agents write files with the user's rights, `.git/config` included. A line such as
+`core.fsmonitor = "<command>"`, a hook, a `filter.<name>.clean`, a merge driver or a pager
+would make guildrun's own git calls run that command, outside any task's timeout and
+process group (issue 9). So every call here:
+
+- starts from an environment without the caller's `GIT_*` variables (a `GIT_DIR` left by
+  a hook must not point guildrun at another repository), with the system config off,
+  no terminal prompts, no pager or editor, and replace refs ignored;
+- overrides, at the command-line scope that beats every config file, each setting that
+  names a program: hooks, fsmonitor, pager, editor, askpass, credential helpers, ssh,
+  external diff, signing, auto gc, and every transport (`protocol.allow=never`);
+- for commands that can reach content drivers (checkout, add, merge, diff, ...), first
+  lists the configured `filter.*`, `merge.*`, `diff.*`, `gpg.*` and `credential.*`
+  drivers in every scope and blanks each one (a merge driver becomes `false`, so a path
+  that needs it conflicts for a person instead of merging silently). The listing runs
+  with the same settings and starts nothing. Git LFS and other filters therefore do not
+  run in guildrun's own calls: pointers stay pointers.
+
+Errors come back as `GitError`, naming the command and the first line git wrote to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._errors import GuildrunError
+
+# Settings that name a program, or make git start one (maintenance can detach a daemon).
+_FIXED: tuple[tuple[str, str], ...] = (
+    ("core.hooksPath", "/dev/null"),
+    ("core.fsmonitor", "false"),
+    ("core.pager", "cat"),
+    ("core.editor", "true"),
+    ("sequence.editor", "true"),
+    ("core.askPass", ""),
+    ("credential.helper", ""),
+    ("core.sshCommand", ""),
+    ("core.gitProxy", ""),
+    ("core.attributesFile", "/dev/null"),
+    ("diff.external", ""),
+    ("commit.gpgSign", "false"),
+    ("tag.gpgSign", "false"),
+    ("log.showSignature", "false"),
+    ("merge.verifySignatures", "false"),
+    ("gpg.program", "false"),
+    ("gc.auto", "0"),
+    ("maintenance.auto", "false"),
+    ("protocol.allow", "never"),
+    ("color.ui", "false"),
+    ("core.quotePath", "false"),
+    ("advice.detachedHead", "false"),
+)
+
+# Configured drivers (any subsection name) that run a program, and what replaces each.
+_DRIVERS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^filter\..+\.(clean|smudge|process)$"), ""),
+    (re.compile(r"^filter\..+\.required$"), "false"),
+    (re.compile(r"^merge\..+\.driver$"), "false"),
+    (re.compile(r"^diff\..+\.(textconv|command)$"), ""),
+    (re.compile(r"^gpg\..+\.(program|defaultkeycommand)$"), "false"),
+    (re.compile(r"^credential\..+\.helper$"), ""),
+    (re.compile(r"^trailer\..+\.(command|cmd)$"), ""),
+)
+
+# Commands that never reach a content driver: no listing of drivers needed before them.
+_PLAIN = frozenset(
+    {
+        "branch",
+        "cat-file",
+        "commit-tree",
+        "config",
+        "diff-index",  # only ever called here with --cached: no file is read
+        "for-each-ref",
+        "log",
+        "ls-files",
+        "ls-tree",
+        "merge-base",
+        "read-tree",  # never with -u here
+        "rev-list",
+        "rev-parse",
+        "symbolic-ref",
+        "update-index",  # only --index-info here: no file is read
+        "update-ref",
+        "write-tree",
+    }
+)
+
+
+class GitError(GuildrunError):
+    """A git command failed; carries its arguments, exit code and stderr's first line."""
+
+    def __init__(self, args: Sequence[str], returncode: int, stderr: str) -> None:
+        self.args_ = tuple(args)
+        self.returncode = returncode
+        lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+        self.first_line = lines[0] if lines else ""
+        detail = f": {self.first_line}" if self.first_line else ""
+        super().__init__(f"git {' '.join(args)} failed (exit {returncode}){detail}")
+
+
+@dataclass(frozen=True)
+class Done:
+    """What a git command returned."""
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode("utf-8", "surrogateescape").strip()
+
+
+@dataclass(frozen=True)
+class Git:
+    """Runs git in `cwd` (default: the project root) with repository programs disabled.
+
+    `identity` names the author and committer of the commits guildrun makes when the
+    user's own config has none.
+    """
+
+    root: Path
+    timeout: float = 300.0
+    identity: tuple[str, str] = ("guildrun", "guildrun@localhost")
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    def env(self, cwd: Path | None = None, *, drivers: bool = True) -> dict[str, str]:
+        """The environment of a git call in `cwd`: the caller's minus `GIT_*`, plus ours."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+        env.pop("SSH_ASKPASS", None)
+        env.update(
+            {
+                "GIT_CONFIG_NOSYSTEM": "1",
+                "GIT_ATTR_NOSYSTEM": "1",
+                "GIT_TERMINAL_PROMPT": "0",
+                "GIT_ASKPASS": "",
+                "GIT_PAGER": "cat",
+                "PAGER": "cat",
+                "GIT_EDITOR": "true",
+                "GIT_SEQUENCE_EDITOR": "true",
+                "GIT_NO_REPLACE_OBJECTS": "1",
+                "GIT_OPTIONAL_LOCKS": "0",
+                "LC_ALL": "C",
+            }
+        )
+        overrides = list(_FIXED)
+        if drivers:
+            overrides += self._driver_overrides(cwd or self.root, env)
+        env["GIT_CONFIG_COUNT"] = str(len(overrides))
+        for i, (key, value) in enumerate(overrides):
+            env[f"GIT_CONFIG_KEY_{i}"] = key
+            env[f"GIT_CONFIG_VALUE_{i}"] = value
+        env.update(self.extra_env)
+        return env
+
+    def _driver_overrides(self, cwd: Path, env: dict[str, str]) -> list[tuple[str, str]]:
+        fixed = dict(env)
+        fixed["GIT_CONFIG_COUNT"] = str(len(_FIXED))
+        for i, (key, value) in enumerate(_FIXED):
+            fixed[f"GIT_CONFIG_KEY_{i}"] = key
+            fixed[f"GIT_CONFIG_VALUE_{i}"] = value
+        done = self._exec(["config", "--list", "-z", "--name-only"], cwd, fixed, None)
+        if done.returncode not in (0, 1):  # 1: no config at all
+            raise GitError(["config", "--list"], done.returncode, _decode(done.stderr))
+        return configured_drivers(done.stdout.decode("utf-8", "surrogateescape").split("\0"))
+
+    def run(
+        self,
+        *args: str,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        check: bool = True,
+    ) -> Done:
+        """Run `git ARGS`; raise GitError on a non-zero exit unless `check` is false."""
+        where = cwd or self.root
+        full = self.env(where, drivers=args[0] not in _PLAIN)
+        if env:
+            full.update(env)
+        done = self._exec(list(args), where, full, stdin)
+        if check and done.returncode != 0:
+            raise GitError(args, done.returncode, _decode(done.stderr))
+        return done
+
+    def text(
+        self, *args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None
+    ) -> str:
+        return self.run(*args, cwd=cwd, env=env).text
+
+    def commit_env(self) -> dict[str, str]:
+        """Author and committer for a commit: the user's if configured, else guildrun's."""
+        got = self.run("config", "user.email", check=False)
+        if got.returncode == 0 and got.text:
+            return {}
+        name, email = self.identity
+        return {
+            "GIT_AUTHOR_NAME": name,
+            "GIT_AUTHOR_EMAIL": email,
+            "GIT_COMMITTER_NAME": name,
+            "GIT_COMMITTER_EMAIL": email,
+        }
+
+    def _exec(
+        self, args: list[str], cwd: Path, env: Mapping[str, str], stdin: bytes | None
+    ) -> Done:
+        argv = ["git", "--no-pager", *args]
+        try:
+            proc = subprocess.run(
+                argv,
+                cwd=cwd,
+                env=dict(env),
+                input=stdin,
+                stdin=None if stdin is not None else subprocess.DEVNULL,
+                capture_output=True,
+                timeout=self.timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise GitError(args, -1, f"timed out after {self.timeout:g} s") from None
+        except OSError as exc:
+            raise GitError(args, -1, str(exc)) from None
+        return Done(proc.returncode, proc.stdout, proc.stderr)
+
+
+def configured_drivers(keys: Sequence[str]) -> list[tuple[str, str]]:
+    """Overrides that blank each configured driver among config `keys` (as git lists them)."""
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for raw in keys:
+        key = raw.strip()
+        if not key or key in seen:
+            continue
+        low = _lower_ends(key)
+        for pattern, value in _DRIVERS:
+            if pattern.match(low):
+                seen.add(key)
+                out.append((key, value))
+                break
+    return out
+
+
+def _lower_ends(key: str) -> str:
+    """Section and name are case-insensitive in git; the subsection between is not."""
+    section, _, rest = key.partition(".")
+    middle, _, name = rest.rpartition(".")
+    return f"{section.lower()}.{middle}.{name.lower()}" if middle else key.lower()
+
+
+def _decode(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
