@@ -44,7 +44,6 @@ _FIXED: tuple[tuple[str, str], ...] = (
     ("core.sshCommand", ""),
     ("core.gitProxy", ""),
     ("core.attributesFile", "/dev/null"),
-    ("diff.external", ""),
     ("commit.gpgSign", "false"),
     ("tag.gpgSign", "false"),
     ("log.showSignature", "false"),
@@ -63,32 +62,32 @@ _DRIVERS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^filter\..+\.(clean|smudge|process)$"), ""),
     (re.compile(r"^filter\..+\.required$"), "false"),
     (re.compile(r"^merge\..+\.driver$"), "false"),
-    (re.compile(r"^diff\..+\.(textconv|command)$"), ""),
+    (re.compile(r"^diff\..+\.textconv$"), ""),
     (re.compile(r"^gpg\..+\.(program|defaultkeycommand)$"), "false"),
     (re.compile(r"^credential\..+\.helper$"), ""),
     (re.compile(r"^trailer\..+\.(command|cmd)$"), ""),
 )
 
-# Commands that never reach a content driver: no listing of drivers needed before them.
+# Commands that show diffs: an external diff or textconv program is switched off by flag
+# (an empty `diff.external` is not "none" to git, it is a program that cannot be found).
+_DIFFS = frozenset({"diff", "diff-files", "diff-tree", "format-patch", "log", "show"})
+
+# Commands that read refs and objects only, never the index or a file of a checkout (even
+# `write-tree` may look at files and run a clean filter): no listing of drivers needed.
 _PLAIN = frozenset(
     {
         "branch",
         "cat-file",
         "commit-tree",
         "config",
-        "diff-index",  # only ever called here with --cached: no file is read
         "for-each-ref",
         "log",
-        "ls-files",
         "ls-tree",
         "merge-base",
-        "read-tree",  # never with -u here
         "rev-list",
         "rev-parse",
         "symbolic-ref",
-        "update-index",  # only --index-info here: no file is read
         "update-ref",
-        "write-tree",
     }
 )
 
@@ -184,7 +183,10 @@ class Git:
         full = self.env(where, drivers=args[0] not in _PLAIN)
         if env:
             full.update(env)
-        done = self._exec(list(args), where, full, stdin)
+        argv = list(args)
+        if argv[0] in _DIFFS:
+            argv[1:1] = ["--no-ext-diff", "--no-textconv"]
+        done = self._exec(argv, where, full, stdin)
         if check and done.returncode != 0:
             raise GitError(args, done.returncode, _decode(done.stderr))
         return done

@@ -213,9 +213,7 @@ class Integrator:
     def _keep_conflict(self, task: str, patch: str) -> Path:
         path = self.layout.conflict_file(task)
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = self.git.run(
-            "format-patch", "-1", "--stdout", "--binary", "--no-ext-diff", "--no-textconv", patch
-        ).stdout
+        text = self.git.run("format-patch", "-1", "--stdout", "--binary", patch).stdout
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(text)
         tmp.replace(path)
