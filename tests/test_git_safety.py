@@ -171,3 +171,33 @@ def test_git_is_never_given_a_terminal_prompt(tmp_path: Path) -> None:
     }
     assert keys["core.hooksPath"] == "/dev/null" and keys["core.fsmonitor"] == "false"
     assert keys["protocol.allow"] == "never"
+
+
+@pytest.mark.parametrize("through_include", [False, True])
+def test_a_driver_added_between_two_calls_is_still_blanked(
+    tmp_path: Path, through_include: bool
+) -> None:
+    """The driver listing is reused only while no config file changed."""
+    repo = make_repo(tmp_path, {".gitattributes": "*.txt filter=late\n", "a.txt": "a\n"})
+    marks = tmp_path / "marks"
+    bin_dir = tmp_path / "bin"
+    marks.mkdir()
+    bin_dir.mkdir()
+    included = tmp_path / "extra.config"
+    included.write_text("")
+    if through_include:
+        sh_git(repo, "config", "include.path", str(included))
+    git = Git(repo)
+    git.run("status")
+    git.run("add", "-A")  # the listing is made, and kept when it can be
+    clean = _program(bin_dir, marks, "late-clean")
+    if through_include:
+        included.write_text(f'[filter "late"]\n\tclean = {clean}\n')
+    else:
+        sh_git(repo, "config", "filter.late.clean", clean)
+    (repo / "a.txt").write_text("changed\n")
+    git.run("add", "-A")
+    git.run("status")
+    assert list(marks.iterdir()) == []
+    sh_git(repo, "add", "-A", "--renormalize")  # plain git runs it: the setup is live
+    assert [p.name for p in marks.iterdir()] == ["late-clean"]

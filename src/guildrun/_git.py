@@ -92,6 +92,54 @@ _PLAIN = frozenset(
 )
 
 
+_SAFE_ENV = {
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_ATTR_NOSYSTEM": "1",
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_ASKPASS": "",
+    "GIT_PAGER": "cat",
+    "PAGER": "cat",
+    "GIT_EDITOR": "true",
+    "GIT_SEQUENCE_EDITOR": "true",
+    "GIT_NO_REPLACE_OBJECTS": "1",
+    "GIT_OPTIONAL_LOCKS": "0",
+    "LC_ALL": "C",
+}
+
+
+def _config_files(cwd: Path, env: Mapping[str, str]) -> list[Path] | None:
+    """Every file git reads config from for a call in `cwd`; None when not sure which."""
+    gitdir = Path(env["GIT_DIR"]) if "GIT_DIR" in env else cwd / ".git"
+    if not gitdir.is_dir() or gitdir.is_symlink():
+        return None
+    common = gitdir
+    pointer = gitdir / "commondir"
+    if pointer.exists():
+        try:
+            common = (gitdir / pointer.read_text()[:4096].strip()).resolve()
+        except OSError:
+            return None
+    home = Path(env.get("HOME", "/nonexistent"))
+    xdg = Path(env["XDG_CONFIG_HOME"]) if env.get("XDG_CONFIG_HOME") else home / ".config"
+    return [
+        home / ".gitconfig",
+        xdg / "git" / "config",
+        common / "config",
+        common / "config.worktree",
+        gitdir / "config.worktree",
+        gitdir / "commondir",
+    ]
+
+
+def _stat(path: Path) -> tuple[int, int, int, int] | None:
+    """Followed through links: a ~/.gitconfig kept elsewhere changes where it points to."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 class GitError(GuildrunError):
     """A git command failed; carries its arguments, exit code and stderr's first line."""
 
@@ -129,26 +177,27 @@ class Git:
     timeout: float = 300.0
     identity: tuple[str, str] = ("guildrun", "guildrun@localhost")
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    _listings: dict[tuple[str, str], tuple[tuple[object, ...], list[tuple[str, str]]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
-    def env(self, cwd: Path | None = None, *, drivers: bool = True) -> dict[str, str]:
-        """The environment of a git call in `cwd`: the caller's minus `GIT_*`, plus ours."""
+    def env(
+        self,
+        cwd: Path | None = None,
+        *,
+        drivers: bool = True,
+        extra: Mapping[str, str] | None = None,
+    ) -> dict[str, str]:
+        """The environment of a git call in `cwd`: the caller's minus `GIT_*`, plus ours.
+
+        `extra` (a private index, an explicit GIT_DIR) applies to the driver listing too,
+        so the listing reads the same configuration as the call.
+        """
         env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
         env.pop("SSH_ASKPASS", None)
-        env.update(
-            {
-                "GIT_CONFIG_NOSYSTEM": "1",
-                "GIT_ATTR_NOSYSTEM": "1",
-                "GIT_TERMINAL_PROMPT": "0",
-                "GIT_ASKPASS": "",
-                "GIT_PAGER": "cat",
-                "PAGER": "cat",
-                "GIT_EDITOR": "true",
-                "GIT_SEQUENCE_EDITOR": "true",
-                "GIT_NO_REPLACE_OBJECTS": "1",
-                "GIT_OPTIONAL_LOCKS": "0",
-                "LC_ALL": "C",
-            }
-        )
+        env.update(_SAFE_ENV)
+        env.update(self.extra_env)
+        env.update(extra or {})
         overrides = list(_FIXED)
         if drivers:
             overrides += self._driver_overrides(cwd or self.root, env)
@@ -156,19 +205,36 @@ class Git:
         for i, (key, value) in enumerate(overrides):
             env[f"GIT_CONFIG_KEY_{i}"] = key
             env[f"GIT_CONFIG_VALUE_{i}"] = value
-        env.update(self.extra_env)
         return env
 
     def _driver_overrides(self, cwd: Path, env: dict[str, str]) -> list[tuple[str, str]]:
+        """The configured drivers to blank, listed anew unless no config file changed.
+
+        The listing is kept only while the files it came from are unchanged: same inode,
+        size, mtime and ctime (which no one can set back), and only when no `include`
+        can pull in a file not watched here.
+        """
+        files = _config_files(cwd, env)
+        key = (str(cwd), env.get("GIT_DIR", ""))
+        sig = None if files is None else tuple(_stat(f) for f in files)
+        if sig is not None:
+            hit = self._listings.get(key)
+            if hit is not None and hit[0] == sig:
+                return hit[1]
         fixed = dict(env)
         fixed["GIT_CONFIG_COUNT"] = str(len(_FIXED))
-        for i, (key, value) in enumerate(_FIXED):
-            fixed[f"GIT_CONFIG_KEY_{i}"] = key
+        for i, (k, value) in enumerate(_FIXED):
+            fixed[f"GIT_CONFIG_KEY_{i}"] = k
             fixed[f"GIT_CONFIG_VALUE_{i}"] = value
         done = self._exec(["config", "--list", "-z", "--name-only"], cwd, fixed, None)
         if done.returncode not in (0, 1):  # 1: no config at all
             raise GitError(["config", "--list"], done.returncode, _decode(done.stderr))
-        return configured_drivers(done.stdout.decode("utf-8", "surrogateescape").split("\0"))
+        keys = done.stdout.decode("utf-8", "surrogateescape").split("\0")
+        found = configured_drivers(keys)
+        includes = any(k.lower().startswith(("include.", "includeif.")) for k in keys)
+        if sig is not None and not includes:
+            self._listings[key] = (sig, found)
+        return found
 
     def run(
         self,
@@ -180,9 +246,7 @@ class Git:
     ) -> Done:
         """Run `git ARGS`; raise GitError on a non-zero exit unless `check` is false."""
         where = cwd or self.root
-        full = self.env(where, drivers=args[0] not in _PLAIN)
-        if env:
-            full.update(env)
+        full = self.env(where, drivers=args[0] not in _PLAIN, extra=env)
         argv = list(args)
         if argv[0] in _DIFFS:
             argv[1:1] = ["--no-ext-diff", "--no-textconv"]

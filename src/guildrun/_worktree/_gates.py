@@ -16,6 +16,7 @@ import functools
 import os
 import signal
 import subprocess
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -115,6 +116,9 @@ class Gates:
         self.git = git
         self.layout = layout
         self.integrator = integrator
+        # `git worktree add` and `prune` of parallel probes must not interleave: a prune
+        # could take the administrative folder of a checkout another thread is making.
+        self._making = threading.Lock()
 
     def check(
         self, gate: Gate, commit: str | None = None, *, label: str | None = None
@@ -186,7 +190,8 @@ class Gates:
 
     def _checkout(self, label: str, commit: str) -> Path:
         where = self.layout.probe_dir(label)
-        gitdir = add_worktree(self.git, where, commit, None)
+        with self._making:
+            gitdir = add_worktree(self.git, where, commit, None)
         env = {"GIT_DIR": str(gitdir), "GIT_WORK_TREE": str(where)}
         self.git.run("checkout", "-q", "-f", "--detach", commit, cwd=where, env=env)
         self.git.run("clean", "-q", "-ffd", cwd=where, env=env)
