@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -253,13 +254,43 @@ def test_failing_gate_is_bisected_to_the_culprit_and_the_rest_kept(tmp_path: Pat
         assert ws.integrate([task])[0].status == "integrated"
     failed = ws.gate(gate)
     assert not failed.ok and "t4.txt" in failed.output
-    result = ws.bisect(gate, slots=2)
+    result = ws.bisect(gate, slots=2, failed=failed)
     assert [c.task for c in result.culprits] == ["t4"]
     assert "t4.txt" in result.culprits[0].output
     assert result.final.ok and result.ok
     assert ws.integrated() == ["t1", "t2", "t3", "t5", "t6"]
-    assert result.probes < 2 + len(tasks)  # fewer than testing every prefix
+    assert result.probes < len(tasks)  # fewer than testing every prefix
     assert not result.left_out
+
+
+@pytest.mark.slow
+def test_two_culprits_are_both_taken_out_and_a_dependent_patch_left_out(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, {"gate.py": GATE_SCRIPT})
+    ws = WorktreeSet(repo, "r1")
+    ws.open()
+    gate = Gate("tests", (sys.executable, "gate.py"), timeout=60)
+    writes = {
+        "t1": ("a.txt", "a\n"),
+        "t2": ("b.txt", "BROKEN\n"),
+        "t3": ("c.txt", "c\n"),
+        "t4": ("b.txt", "BROKEN\nand more\n"),  # builds on t2's file
+        "t5": ("e.txt", "BROKEN again\n"),
+        "t6": ("f.txt", "f\n"),
+    }
+    inst = ws.instance("w")
+    for task, (rel, text) in writes.items():
+        ws.sync("w")
+        (inst.path / rel).write_text(text)
+        ws.commit_task("w", task, owns(rel))
+        assert ws.integrate([task])[0].status == "integrated"
+    results = ws.run_gates([gate, Gate("always", ("true",))], slots=2)
+    assert [r.ok for r in results] == [False, True]
+    result = ws.bisect(gate, slots=3, failed=results[0])
+    assert [c.task for c in result.culprits] == ["t2", "t5"]
+    assert [(i.task, i.status) for i in result.left_out] == [("t4", "conflict")]
+    assert result.left_out[0].patch_file is not None
+    assert result.final.ok
+    assert ws.integrated() == ["t1", "t3", "t6"]
 
 
 def test_gate_failing_at_its_start_blames_no_patch(tmp_path: Path) -> None:
@@ -527,3 +558,33 @@ def test_nothing_is_left_after_clean(tmp_path: Path) -> None:
     assert sh_git(repo, "worktree", "list").count("\n") == 0
     assert sh_git(repo, "branch", "--list", "guildrun/*") == ""
     assert sh_git(repo, "for-each-ref", "refs/guildrun/") == ""
+
+
+def test_a_checkout_removed_by_its_task_is_made_again(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, {"a.txt": "a\n"})
+    ws = WorktreeSet(repo, "r1")
+    ws.open()
+    inst = ws.instance("w")
+    ws.sync("w")
+    shutil.rmtree(inst.path)
+    patch = ws.commit_task("w", "t1", owns("a.txt"))
+    assert patch.commit is None
+    assert [v.kind for v in patch.violations] == ["git-internals"]
+    ws.sync("w")
+    (inst.path / "a.txt").write_text("A\n")
+    assert ws.commit_task("w", "t2", owns("a.txt")).ok
+    assert ws.integrate(["t2"])[0].status == "integrated"
+
+
+def test_resume_after_a_crash_inside_open(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, {"a.txt": "a\n"})
+    ws = WorktreeSet(repo, "r1")
+    ws.open()
+    with pytest.raises(UsageError, match="already open"):
+        WorktreeSet(repo, "r1").open()
+    sh_git(repo, "update-ref", "-d", "refs/heads/guildrun/r1")  # as if killed inside open()
+    again = WorktreeSet(repo, "r1")
+    assert again.resume().integrated == ()
+    assert again.head() == sh_git(repo, "rev-parse", "HEAD")
+    with pytest.raises(UsageError, match="no worktree state"):
+        WorktreeSet(repo, "r9").resume()

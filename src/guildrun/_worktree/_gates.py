@@ -140,7 +140,7 @@ class Gates:
         got = self.git.run("rev-parse", "--verify", "-q", self.layout.green_ref(gate), check=False)
         return got.text if got.returncode == 0 else None
 
-    def bisect(self, gate: Gate, slots: int = 2) -> Bisection:
+    def bisect(self, gate: Gate, slots: int = 2, failed: GateResult | None = None) -> Bisection:
         """Find and take out every patch since the last green that breaks the gate."""
         culprits: list[Culprit] = []
         left_out: list[Integration] = []
@@ -148,8 +148,10 @@ class Gates:
         green = self.green(gate.name)
         since = green or self.integrator.base()
         known_good = green is not None
-        final = self.check(gate)
-        probes += 1
+        if failed is None or failed.commit != self.integrator.head():
+            failed = self.check(gate)
+            probes += 1
+        final = failed
         while not final.ok:
             history = self.integrator.history(since)
             if not history:

@@ -111,6 +111,19 @@ class Instances:
         self._open[name] = inst
         return inst
 
+    def repair(self, name: str, head: str) -> list[Violation]:
+        """A checkout the task removed is made again (its work is lost with it)."""
+        inst = self._open.get(name)
+        if inst is None or inst.path.is_dir():
+            return []
+        del self._open[name]
+        del self._guards[name]
+        self._guard_file(name).unlink(missing_ok=True)  # a new checkout, new links
+        self.git.run("worktree", "prune")
+        self.get(name, head)
+        label = str(inst.path.relative_to(self.layout.root))
+        return [Violation(label, "git-internals", "the task removed its checkout; made again")]
+
     def check_links(self, name: str) -> list[Violation]:
         """Changes to the instance's git links since it was made, put back."""
         return self._pending.pop(name, []) + self._guards[name].check()

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._errors import UsageError
 from .._git import Git
 from ._apply import Applied, apply_branch
 from ._base import RunBase, take_base, user_head
@@ -65,6 +66,8 @@ class WorktreeSet:
         ignore = self.layout.state / ".gitignore"
         if not ignore.exists():
             ignore.write_text("*\n")  # guildrun's folder is never part of the user's tree
+        if self._has(self.layout.base_ref):
+            raise UsageError(f"run {self.layout.run_id} is already open; resume it instead")
         base = take_base(self.git, self.layout, allow_dirty=allow_dirty)
         self.git.run("update-ref", self.layout.integration_ref, base.commit, "")
         self.integrator.worktree()
@@ -74,8 +77,15 @@ class WorktreeSet:
 
     def resume(self) -> Recovery:
         """On resume: load the git-folder fingerprint and recover the integration branch."""
+        if not self._has(self.layout.base_ref):
+            raise UsageError(f"run {self.layout.run_id} has no worktree state to resume")
+        if not self._has(self.layout.integration_ref):  # the crash came inside open()
+            self.git.run("update-ref", self.layout.integration_ref, self.layout.base_ref, "")
         self._guard = Fingerprint.load(self.root, self._guard_file()) or self._take_guard()
         return self.recover()
+
+    def _has(self, ref: str) -> bool:
+        return self.git.run("rev-parse", "--verify", "-q", ref, check=False).returncode == 0
 
     def recover(self) -> Recovery:
         return self.integrator.recover()
@@ -147,7 +157,8 @@ class WorktreeSet:
         return internals
 
     def _check_internals(self, name: str) -> list[Violation]:
-        found = self.instances.check_links(name)
+        found = self.instances.repair(name, self.integrator.head())
+        found += self.instances.check_links(name)
         if self._guard is not None:
             found += self._guard.check()
         return found
@@ -184,8 +195,10 @@ class WorktreeSet:
     def run_gates(self, gates: Sequence[Gate], slots: int = 2) -> list[GateResult]:
         return self.gates.check_all(gates, slots)
 
-    def bisect(self, gate: Gate, slots: int = 2) -> Bisection:
-        return self.gates.bisect(gate, slots)
+    def bisect(self, gate: Gate, slots: int = 2, failed: GateResult | None = None) -> Bisection:
+        """A failing gate (`failed`, if the caller just ran it at the head): find, take out
+        and report each patch that broke it; the rest stay integrated."""
+        return self.gates.bisect(gate, slots, failed)
 
     # ------------------------------------------------------------------ run end
 
