@@ -588,3 +588,25 @@ def test_resume_after_a_crash_inside_open(tmp_path: Path) -> None:
     assert again.head() == sh_git(repo, "rev-parse", "HEAD")
     with pytest.raises(UsageError, match="no worktree state"):
         WorktreeSet(repo, "r9").resume()
+
+
+def test_refs_moved_by_someone_else_are_refused(tmp_path: Path) -> None:
+    """Agents share the repository: a branch or patch ref they move is never built on."""
+    repo = make_repo(tmp_path, {"a.txt": "a\n"})
+    ws = WorktreeSet(repo, "r1")
+    ws.open()
+    inst = ws.instance("w")
+    ws.sync("w")
+    (inst.path / "a.txt").write_text("A\n")
+    ws.commit_task("w", "t1", owns("a.txt"))
+    evil = make_repo(tmp_path, {"a.txt": "planted\n"}, name="evil")
+    sh_git(repo, "fetch", "-q", str(evil), "main:refs/evil")
+    sh_git(repo, "update-ref", "refs/guildrun/r1/patches/t1", "refs/evil")
+    with pytest.raises(UsageError, match="patch of task 't1' was changed outside guildrun"):
+        ws.integrate(["t1"])
+    sh_git(repo, "update-ref", "refs/guildrun/r1/patches/t1", "guildrun/r1.w")
+    assert ws.integrate(["t1"])[0].status == "integrated"
+    sh_git(repo, "update-ref", "refs/heads/guildrun/r1", "refs/evil")
+    with pytest.raises(UsageError, match="guildrun/r1 was moved outside guildrun"):
+        ws.apply()
+    assert (repo / "a.txt").read_text() == "a\n"

@@ -27,8 +27,11 @@ class Applied:
     commit: str
 
 
-def apply_branch(git: Git, source: str, run_id: str, into: str | None = None) -> Applied:
-    """Bring `source` (the integration branch) into `into` (default: the current branch)."""
+def apply_branch(
+    git: Git, commit: str, source: str, run_id: str, into: str | None = None
+) -> Applied:
+    """Bring `commit` (the head of the integration branch `source`, as guildrun left it)
+    into `into` (default: the current branch)."""
     _, current = user_head(git)
     target = into or current
     if target is None:
@@ -51,7 +54,7 @@ def apply_branch(git: Git, source: str, run_id: str, into: str | None = None) ->
                 f"{git.root}: uncommitted changes ({shown}); commit or stash them before applying"
             )
     old = git.text("rev-parse", "--verify", f"refs/heads/{target}")
-    new = git.text("rev-parse", "--verify", source)
+    new = commit
     if _is_ancestor(git, new, old):
         return Applied(target, "up to date", old)
     how = "fast-forward"

@@ -91,10 +91,24 @@ class Integrator:
         self.layout = layout
         self.dir = layout.integration_dir
         self._gitdir: Path | None = None
+        # Refs live in the repository every agent can write to: the branch head and each
+        # patch are remembered as guildrun left them, and a ref moved by anyone else is
+        # refused rather than integrated or applied.
+        self.expected: str | None = None
+        self.patches: dict[str, str] = {}
 
     # ------------------------------------------------------------------ state
 
     def head(self) -> str:
+        now = self._read_head()
+        if self.expected is not None and now != self.expected:
+            raise UsageError(
+                f"{self.layout.integration_branch} was moved outside guildrun (to {now[:12]}; "
+                f"guildrun left it at {self.expected[:12]}); refusing to build on it"
+            )
+        return now
+
+    def _read_head(self) -> str:
         return self.git.text("rev-parse", "--verify", self.layout.integration_ref)
 
     def base(self) -> str:
@@ -140,6 +154,9 @@ class Integrator:
         got = self.git.run("rev-parse", "--verify", "-q", self.layout.patch_ref(task), check=False)
         if got.returncode != 0:
             raise UsageError(f"task {task!r} has no patch in run {self.layout.run_id}")
+        known = self.patches.get(task)
+        if known is not None and got.text != known:
+            raise UsageError(f"the patch of task {task!r} was changed outside guildrun")
         return got.text
 
     # ------------------------------------------------------------------ integrating
@@ -221,6 +238,7 @@ class Integrator:
 
     def _swap(self, new: str, old: str, why: str) -> None:
         self.git.run("update-ref", "-m", why, self.layout.integration_ref, new, old)
+        self.expected = new
 
     def _at(self, commit: str) -> None:
         """The integration worktree exactly at `commit`, detached, nothing else in it."""
@@ -268,6 +286,7 @@ class Integrator:
         if intent is None and self._resolving():
             return Recovery(None, False, tuple(self.integrated()))
         stop_leftover_git(self.layout.run_id)
+        self.expected = self._read_head()  # a new process: the branch is the record
         gitdir = self._gitdir_path()
         if intent is not None:
             # Our process held these locks and is dead; no other one may run (one run per root).

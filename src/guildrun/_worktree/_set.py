@@ -70,6 +70,7 @@ class WorktreeSet:
             raise UsageError(f"run {self.layout.run_id} is already open; resume it instead")
         base = take_base(self.git, self.layout, allow_dirty=allow_dirty)
         self.git.run("update-ref", self.layout.integration_ref, base.commit, "")
+        self.integrator.expected = base.commit
         self.integrator.worktree()
         self._guard = self._take_guard()
         self._guard.save(self._guard_file())
@@ -146,6 +147,7 @@ class WorktreeSet:
         self.instances.reset(inst, patch.commit or start)
         if patch.commit is not None:
             self.git.run("update-ref", self.layout.patch_ref(task), patch.commit)
+            self.integrator.patches[task] = patch.commit
         return patch
 
     def discard(self, name: str) -> list[Violation]:
@@ -203,7 +205,11 @@ class WorktreeSet:
     # ------------------------------------------------------------------ run end
 
     def apply(self, into: str | None = None) -> Applied:
-        return apply_branch(self.git, self.layout.integration_ref, self.layout.run_id, into)
+        """Run end, with --apply: the integrated result into the user's branch."""
+        head = self.integrator.head()
+        return apply_branch(
+            self.git, head, self.layout.integration_branch, self.layout.run_id, into
+        )
 
     def clean(self, *, keep_result: bool = False) -> Cleaned:
         """Remove the run's worktrees, branches and refs (`keep_result`: all but the
