@@ -224,6 +224,13 @@ def test_task_that_changed_nothing_is_empty(tmp_path: Path) -> None:
     patch = ws.commit_task("a", "noop", owns())
     assert patch.commit is None and patch.ok
     assert ws.integrate(["noop"])[0].status == "empty"
+    # A re-run that changes nothing replaces an earlier attempt's patch.
+    ws.sync("a")
+    (ws.instance("a").path / "x.txt").write_text("x\n")
+    assert ws.commit_task("a", "again", owns("x.txt")).commit is not None
+    ws.sync("a")
+    assert ws.commit_task("a", "again", owns("x.txt")).commit is None
+    assert ws.integrate(["again"])[0].status == "empty"
 
 
 GATE_SCRIPT = textwrap.dedent(

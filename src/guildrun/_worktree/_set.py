@@ -148,6 +148,9 @@ class WorktreeSet:
         if patch.commit is not None:
             self.git.run("update-ref", self.layout.patch_ref(task), patch.commit)
             self.integrator.patches[task] = patch.commit
+        else:  # a re-run that changed nothing: an earlier attempt's patch must not be used
+            self.git.run("update-ref", "-d", self.layout.patch_ref(task))
+            self.integrator.patches.pop(task, None)
         return patch
 
     def discard(self, name: str) -> list[Violation]:
