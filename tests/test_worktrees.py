@@ -183,7 +183,13 @@ def test_true_conflict_is_a_result_kept_as_a_patch_then_resolved(tmp_path: Path)
     ws.sync("b")
     assert "value = 'a'" in (b.path / "m.py").read_text()
     # Or a person merges by hand in the integration worktree, and resolve records it.
+    ws.sync("a")
+    (a.path / "other.txt").write_text("other\n")
+    ws.commit_task("a", "tc", owns("other.txt"))
     where = ws.start_resolution("tb")
+    assert "<<<<<<<" in (where / "m.py").read_text()
+    with pytest.raises(UsageError, match="hand merge of task 'tb' is under way"):
+        ws.integrate(["tc"])  # the person's work is never reset under them
     assert "<<<<<<<" in (where / "m.py").read_text()
     with pytest.raises(UsageError, match="still unmerged"):
         ws.resolve("tb")
@@ -193,6 +199,7 @@ def test_true_conflict_is_a_result_kept_as_a_patch_then_resolved(tmp_path: Path)
     assert done.status == "integrated"
     assert ws.integrated() == ["ta", "tb"]
     assert "value = 'ab'" in show(repo, ws.head(), "m.py")
+    assert ws.integrate(["tc"])[0].status == "integrated"
     assert ws.integrate(["tb"])[0].status == "already"
 
 

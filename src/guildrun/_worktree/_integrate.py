@@ -257,6 +257,12 @@ class Integrator:
         return self._gitdir
 
     def _intend(self, what: dict[str, str]) -> None:
+        if self._resolving():
+            task = (self.layout.run_dir / "resolving").read_text()[:200]
+            raise UsageError(
+                f"a hand merge of task {task!r} is under way in {self.dir}; "
+                f"finish it with `guildrun resolve {self.layout.run_id} {task}` first"
+            )
         path = self.layout.intent_file
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
@@ -311,6 +317,8 @@ class Integrator:
         """Leave the task's patch half-applied, conflict markers and all, in the integration
         worktree for a person to finish; `resolve(task)` records the result."""
         patch = self.patch(task)
+        if self.layout.intent_file.exists():
+            raise UsageError(f"run {self.layout.run_id} is integrating; stop or resume it first")
         self._at(self.head())
         (self.layout.run_dir / "resolving").write_text(task)
         self.git.run("cherry-pick", "--no-commit", patch, cwd=self.dir, env=self.env, check=False)
