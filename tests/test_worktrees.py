@@ -624,3 +624,30 @@ def test_refs_moved_by_someone_else_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="guildrun/r1 was moved outside guildrun"):
         ws.apply()
     assert (repo / "a.txt").read_text() == "a\n"
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed child its dead parent cannot reap)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text(errors="replace").rsplit(")", 1)[1].split()
+    except (FileNotFoundError, IndexError):
+        return False
+    return fields[0] != "Z"
+
+
+def test_a_gate_past_its_timeout_is_stopped_with_its_children(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, {"a.txt": "a\n"})
+    ws = WorktreeSet(repo, "r1")
+    ws.open()
+    pidfile = tmp_path / "child.pid"
+    script = f"sleep 60 & echo $! > {pidfile}; echo started; sleep 60"
+    began = time.monotonic()
+    result = ws.gate(Gate("hangs", ("sh", "-c", script), timeout=1.0))
+    assert time.monotonic() - began < 30
+    assert not result.ok and result.returncode is None and "started" in result.output
+    child = int(pidfile.read_text())
+    deadline = time.monotonic() + 10
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(child)
+    assert ws.gate(Gate("missing", ("/no/such/program",))).returncode == 127
