@@ -612,13 +612,14 @@ def test_refs_moved_by_someone_else_are_refused(tmp_path: Path) -> None:
     inst = ws.instance("w")
     ws.sync("w")
     (inst.path / "a.txt").write_text("A\n")
-    ws.commit_task("w", "t1", owns("a.txt"))
+    patch = ws.commit_task("w", "t1", owns("a.txt"))
+    assert patch.commit is not None
     evil = make_repo(tmp_path, {"a.txt": "planted\n"}, name="evil")
     sh_git(repo, "fetch", "-q", str(evil), "main:refs/evil")
     sh_git(repo, "update-ref", "refs/guildrun/r1/patches/t1", "refs/evil")
     with pytest.raises(UsageError, match="patch of task 't1' was changed outside guildrun"):
         ws.integrate(["t1"])
-    sh_git(repo, "update-ref", "refs/guildrun/r1/patches/t1", "guildrun/r1.w")
+    sh_git(repo, "update-ref", "refs/guildrun/r1/patches/t1", patch.commit)
     assert ws.integrate(["t1"])[0].status == "integrated"
     sh_git(repo, "update-ref", "refs/heads/guildrun/r1", "refs/evil")
     with pytest.raises(UsageError, match="guildrun/r1 was moved outside guildrun"):
@@ -642,7 +643,7 @@ def test_a_gate_past_its_timeout_is_stopped_with_its_children(tmp_path: Path) ->
     pidfile = tmp_path / "child.pid"
     script = f"sleep 60 & echo $! > {pidfile}; echo started; sleep 60"
     began = time.monotonic()
-    result = ws.gate(Gate("hangs", ("sh", "-c", script), timeout=1.0))
+    result = ws.gate(Gate("hangs", ("sh", "-c", script), timeout=0.5))
     assert time.monotonic() - began < 30
     assert not result.ok and result.returncode is None and "started" in result.output
     child = int(pidfile.read_text())
@@ -651,3 +652,17 @@ def test_a_gate_past_its_timeout_is_stopped_with_its_children(tmp_path: Path) ->
         time.sleep(0.05)
     assert not _running(child)
     assert ws.gate(Gate("missing", ("/no/such/program",))).returncode == 127
+
+
+def test_a_second_task_without_a_sync_holds_only_its_own_changes(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, {"a.txt": "a\n", "b.txt": "b\n"})
+    ws = WorktreeSet(repo, "r1")
+    ws.open()
+    inst = ws.instance("w")
+    ws.sync("w")
+    (inst.path / "a.txt").write_text("A\n")
+    first = ws.commit_task("w", "t1", owns("a.txt"))
+    (inst.path / "b.txt").write_text("B\n")
+    second = ws.commit_task("w", "t2", owns("b.txt"))
+    assert [c.path for c in second.changes] == ["b.txt"] and second.ok
+    assert second.start == first.commit

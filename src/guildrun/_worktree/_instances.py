@@ -154,15 +154,20 @@ class Instances:
         times spare hashing every file again, and a task cannot have altered it."""
         return self.layout.run_dir / "index" / f"{slug(name)}.idx"
 
-    def _save_start(self, inst: Instance, commit: str) -> None:
+    def set_start(self, inst: Instance, commit: str) -> None:
+        """Record the commit the checkout's files now are (the index copy stays valid: it
+        only tells which files are unchanged since it was made)."""
         path = self._start_file(inst.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps({"start": commit}))
         tmp.replace(path)
+
+    def _save_start(self, inst: Instance, commit: str) -> None:
+        self.set_start(inst, commit)
         copy = self.index_copy(inst.name)
         copy.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(inst.gitdir / "index", copy)
+        shutil.copy2(inst.gitdir / "index", copy)  # its time too: git's racy-file check needs it
 
     def _start_file(self, name: str) -> Path:
         return self.layout.run_dir / "instances" / f"{slug(name)}.json"

@@ -49,6 +49,7 @@ class TaskPatch:
     commit: str | None
     changes: tuple[Change, ...]
     violations: tuple[Violation, ...]
+    seen: int = 0  # changed paths found, committed or not
 
     @property
     def ok(self) -> bool:
@@ -59,7 +60,7 @@ def changed(git: Git, inst: Instance, start: str, index: Path, seed: Path | None
     """Every path of the checkout that differs from `start`, staged into `index`."""
     env = {**inst.env, "GIT_INDEX_FILE": str(index)}
     if seed is not None and seed.is_file():
-        shutil.copyfile(seed, index)
+        shutil.copy2(seed, index)
     else:
         git.run("read-tree", start, cwd=inst.path, env=env)
     git.run("add", "-A", cwd=inst.path, env=env)
@@ -165,4 +166,4 @@ def commit_changes(
     finally:
         with contextlib.suppress(FileNotFoundError):
             index.unlink()
-    return TaskPatch(task, inst.name, start, commit, tuple(keep), tuple(refused))
+    return TaskPatch(task, inst.name, start, commit, tuple(keep), tuple(refused), len(all_changes))

@@ -117,8 +117,8 @@ class WorktreeSet:
         ignored: Predicate | None = None,
     ) -> TaskPatch:
         """After a successful attempt: the task's allowed changes as one commit (its patch,
-        kept as `refs/guildrun/<run>/patches/<task>`), violations returned; the checkout is
-        then left exactly at that commit."""
+        kept as `refs/guildrun/<run>/patches/<task>`), violations returned; the checkout's
+        files are then exactly that commit."""
         if "\n" in task:
             raise ValueError("a task id cannot hold a line break")
         inst = self.instance(name)
@@ -143,8 +143,14 @@ class WorktreeSet:
             patch.commit,
             patch.changes,
             tuple(internals) + patch.violations,
+            patch.seen,
         )
-        self.instances.reset(inst, patch.commit or start)
+        if patch.violations or len(patch.changes) != patch.seen:
+            # Refused or ignored changes are dropped now; otherwise the files already are
+            # the commit, and the next sync moves HEAD and the index along with them.
+            self.instances.reset(inst, patch.commit or start)
+        elif patch.commit is not None:
+            self.instances.set_start(inst, patch.commit)  # a next task diffs against it
         if patch.commit is not None:
             self.git.run("update-ref", self.layout.patch_ref(task), patch.commit)
             self.integrator.patches[task] = patch.commit
