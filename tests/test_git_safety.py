@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -106,8 +107,16 @@ def test_no_repository_program_runs_through_guildrun(tmp_path: Path) -> None:
     for args in (("status",), ("diff", "HEAD~1"), ("log", "-p", "-1"), ("show", "HEAD")):
         git.run(*args, cwd=a.path)
     assert ws.gate(Gate("g", ("true",))).ok
-    (repo / "b.txt").write_text("b\n")  # clean again, so apply may go ahead
-    ws.apply()
+    assert sorted(p.name for p in marks.iterdir()) == []
+    # The user moves on meanwhile (by plain git, whose markers are not guildrun's), so
+    # apply has to merge: `merge-tree`, `commit-tree`, `merge --ff-only`.
+    (repo / "b.txt").write_text("b\n")
+    (repo / "c.txt").write_text("user's own\n")
+    sh_git(repo, "add", "c.txt")
+    sh_git(repo, "commit", "-q", "--no-gpg-sign", "-m", "user's commit")
+    shutil.rmtree(marks)
+    marks.mkdir()
+    assert ws.apply().how == "merge"
     ws.clean()
     assert sorted(p.name for p in marks.iterdir()) == []
     # The same repository run by plain git does run them: the test could have failed.
