@@ -666,3 +666,15 @@ def test_a_second_task_without_a_sync_holds_only_its_own_changes(tmp_path: Path)
     second = ws.commit_task("w", "t2", owns("b.txt"))
     assert [c.path for c in second.changes] == ["b.txt"] and second.ok
     assert second.start == first.commit
+
+
+def test_worktree_mode_needs_a_repositorys_top_folder(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path, {"sub/a.txt": "a\n"})
+    with pytest.raises(UsageError, match="top folder of a git repository"):
+        WorktreeSet(repo / "sub", "r1").open()
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with pytest.raises(UsageError, match="top folder of a git repository"):
+        WorktreeSet(plain, "r1").open()
+    with pytest.raises(UsageError, match="cannot name a git branch"):
+        WorktreeSet(repo, "../x")

@@ -66,6 +66,11 @@ class WorktreeSet:
         ignore = self.layout.state / ".gitignore"
         if not ignore.exists():
             ignore.write_text("*\n")  # guildrun's folder is never part of the user's tree
+        top = self.git.run("rev-parse", "--show-toplevel", check=False)
+        if top.returncode != 0 or Path(top.text).resolve() != self.root:
+            raise UsageError(
+                f"{self.root}: worktree mode needs the top folder of a git repository as root"
+            )
         if self._has(self.layout.base_ref):
             raise UsageError(f"run {self.layout.run_id} is already open; resume it instead")
         base = take_base(self.git, self.layout, allow_dirty=allow_dirty)
