@@ -113,7 +113,8 @@ def test_no_repository_program_runs_through_guildrun(tmp_path: Path) -> None:
     (repo / "b.txt").write_text("b\n")
     (repo / "c.txt").write_text("user's own\n")
     sh_git(repo, "add", "c.txt")
-    sh_git(repo, "commit", "-q", "--no-gpg-sign", "-m", "user's commit")
+    # (without auto gc: plain git would leave it running, writing markers later)
+    sh_git(repo, "-c", "gc.auto=0", "commit", "-q", "--no-gpg-sign", "-m", "user's commit")
     shutil.rmtree(marks)
     marks.mkdir()
     assert ws.apply().how == "merge"
@@ -123,7 +124,13 @@ def test_no_repository_program_runs_through_guildrun(tmp_path: Path) -> None:
     (repo / "b.txt").write_text("changed\n")
     sh_git(repo, "status")
     sh_git(repo, "add", "b.txt")
-    subprocess.run(["git", "commit", "-q", "-m", "x"], cwd=repo, env=plain_env(), check=False)
+    subprocess.run(
+        ["git", "-c", "gc.auto=0", "commit", "-q", "-m", "x"],
+        cwd=repo,
+        env=plain_env(),
+        check=False,
+        capture_output=True,
+    )
     ran = {p.name for p in marks.iterdir()}
     assert {"fsmonitor", "filter-clean", "hook-pre-commit"} <= ran
 
