@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import signal
 import subprocess
@@ -12,9 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from guildrun._errors import UsageError
-from guildrun._worktree import Gate, WorktreeSet
+from guildrun._worktree import Gate, GateResult, WorktreeSet
+from guildrun._worktree._gates import _search
 from guildrun._worktree._integrate import CRASH_ENV
 
 from .worktree_helpers import TWO_FUNCTIONS, edit, make_repo, plain_env, sh_git, show
@@ -678,3 +682,29 @@ def test_worktree_mode_needs_a_repositorys_top_folder(tmp_path: Path) -> None:
         WorktreeSet(plain, "r1").open()
     with pytest.raises(UsageError, match="cannot name a git branch"):
         WorktreeSet(repo, "../x")
+
+
+@given(
+    n=st.integers(min_value=1, max_value=200),
+    first_bad=st.integers(min_value=0, max_value=200),
+    slots=st.integers(min_value=1, max_value=8),
+    known_good=st.booleans(),
+)
+def test_bisection_finds_the_first_failing_prefix(
+    n: int, first_bad: int, slots: int, known_good: bool
+) -> None:
+    """Over any monotone gate, the search names the first failing prefix, and probes no
+    more than `slots` points per round, in about log_(slots+1) rounds."""
+    first_bad = min(first_bad, n) if not known_good else max(1, min(first_bad, n))
+    rounds: list[list[int]] = []
+
+    def probe(ks: list[int]) -> list[GateResult]:
+        assert 0 < len(ks) <= slots and all(k < n for k in ks)
+        rounds.append(ks)
+        return [GateResult("g", str(k), k < first_bad, 0, "") for k in ks]
+
+    outputs: dict[int, GateResult] = {}
+    found, probes = _search(n, 0 if known_good else -1, slots, probe, outputs)
+    assert found == first_bad
+    assert probes == sum(len(r) for r in rounds)
+    assert len(rounds) <= math.ceil(math.log(n + 2, slots + 1)) + 1
