@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import guildrun
-from guildrun._engine import prepare
+from guildrun._prepare import prepare
 from guildrun._schedule import distribution
 from guildrun._simulate import simulate
 

@@ -124,5 +124,5 @@ def run(mode: Mode) -> Section:
         columns=["phase", "shape", "seed's claim", "measured", "bound"],
         rows=rows,
         targets=targets,
-        notes=[f"whole run: {summary.wall_s:.2f} s, speedup {summary.speedup:.2f}x"],
+        notes=[f"whole run: {summary.wall_s:.2f} s, parallelism {summary.parallelism:.2f}x"],
     )

@@ -40,7 +40,7 @@ SPECIALISTS = ("backend", "frontend", "tests", "docs")
 
 _SIMULATE = """
 import sys
-from guildrun._engine import prepare
+from guildrun._prepare import prepare
 from guildrun._schedule import distribution
 from guildrun._simulate import simulate
 p = prepare(sys.argv[1], root=sys.argv[2])

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from guildrun._workspace import Baseline, Store, Watcher
+from guildrun._workspaces.shared import Baseline, Store, Watcher
 
 
 def main(n: int) -> None:

@@ -1,6 +1,6 @@
 """The run analysis against real runs whose ideal figures are known by hand.
 
-Tasks sleep for set durations, so each plan's wall time, speedup, lower bound and
+Tasks sleep for set durations, so each plan's wall time, parallelism, lower bound and
 critical path can be worked out on paper; the measured figures must land near them.
 Margins are generous: CI machines are small and noisy, and sleeps overshoot.
 """
@@ -16,6 +16,7 @@ import pytest
 import guildrun
 from guildrun import Plan, Settings, Specialist, Task, TaskContext
 from guildrun._analysis import Analysis, PhaseStats, SpecialistStats, analyze
+from guildrun._clock import VirtualClock
 from guildrun._journal import Journal, journal_path
 from guildrun._metrics import Summary
 
@@ -42,7 +43,15 @@ def run_plan(
         tasks=work,
     )
     # env={}: GUILDRUN_* variables of whoever runs the tests must not change the limits.
-    summary = guildrun.run(plan, root=root, env={})
+    if specialists is not None:  # real processes: real time
+        summary = guildrun.run(plan, root=root, env={})
+    else:
+        # The sleepers sleep on a virtual clock: the figures are exact, in no real time.
+        clock = VirtualClock()
+        try:
+            summary = clock.run(guildrun.run_async(plan, root=root, env={}, clock=clock))
+        finally:
+            clock.close()
     journal = Journal(journal_path(root), readonly=True)
     try:
         return summary, analyze(journal, summary.run_id)
@@ -64,12 +73,12 @@ def specialist(a: Analysis, name: str) -> SpecialistStats:
 
 
 def test_six_half_second_tasks_on_three_instances(tmp_path: Path) -> None:
-    # 6 x 0.5 s on 3 instances: two rounds, wall 1.0 s, speedup 3, bound 3.0 / 3 = 1.0.
+    # 6 x 0.5 s on 3 instances: two rounds, wall 1.0 s, parallelism 3, bound 3.0 / 3 = 1.0.
     summary, a = run_plan(tmp_path, tasks("t", 6, 0.5, specialist="w"), per_agent_type=3)
     assert summary.done == 6
     assert near(a.task_s, 3.0, above=0.05)
     assert near(a.wall_s, 1.0)
-    assert 3.0 * 0.88 <= a.speedup <= 3.0 * 1.01
+    assert 3.0 * 0.88 <= a.parallelism <= 3.0 * 1.01
     assert a.utilization > 0.9
     assert a.utilization == pytest.approx(summary.utilization, abs=1e-9)
     assert near(a.lower_bound_s, 1.0, above=0.05)
@@ -109,7 +118,7 @@ def test_chain_is_the_critical_path(tmp_path: Path) -> None:
     assert impl.critical_path == ["a", "b", "c"]
     assert near(a.wall_s, 0.9, above=0.15)
     assert a.efficiency > 0.85
-    assert near(a.speedup, 1.1 / 0.9, below=0.12, above=0.05)
+    assert near(a.parallelism, 1.1 / 0.9, below=0.12, above=0.05)
     assert {s.task for s in a.attempts if s.critical} == {"a", "b", "c"}
     # w: 0.9 s of work over three instances alive ~0.9 s each.
     assert specialist(a, "w").utilization == pytest.approx(1 / 3, abs=0.06)
@@ -119,9 +128,9 @@ def test_chain_is_the_critical_path(tmp_path: Path) -> None:
 
 
 def test_phase_figures(tmp_path: Path) -> None:
-    # research: 4 x 0.3 s on 2 instances of r: wall 0.6, speedup 2, bound 1.2 / 2 = 0.6.
+    # research: 4 x 0.3 s on 2 instances of r: wall 0.6, parallelism 2, bound 1.2 / 2 = 0.6.
     # implementation: 3 x 0.25 s on w (3 instances) and 2 x 0.25 s on `one` (1 instance):
-    # slots 4, work 1.25 / 4 = 0.31, but `one` alone needs 0.5: bound 0.5, speedup 2.5.
+    # slots 4, work 1.25 / 4 = 0.31, but `one` alone needs 0.5: bound 0.5, parallelism 2.5.
     work = tasks("r", 4, 0.3, specialist="r", phase="research")
     work += tasks("w", 3, 0.25, specialist="w") + tasks("o", 2, 0.25, specialist="one")
     specs = {
@@ -134,14 +143,14 @@ def test_phase_figures(tmp_path: Path) -> None:
     assert [p.phase for p in a.phases] == ["research", "implementation"]
     assert (research.tasks, research.slots, impl.tasks, impl.slots) == (4, 2, 5, 4)
     assert near(research.wall_s, 0.6)
-    assert near(research.speedup, 2.0, below=0.1, above=0.03)
+    assert near(research.parallelism, 2.0, below=0.1, above=0.03)
     assert near(research.lower_bound_s, 0.6, above=0.05)
     assert research.efficiency > 0.88
     assert research.claimed_speedup == (3.0, 5.0)
     assert impl.bound_by == "specialist:one"
     assert near(impl.lower_bound_s, 0.5, above=0.05)
     assert near(impl.wall_s, 0.5, above=0.15)
-    assert near(impl.speedup, 2.5, below=0.12, above=0.03)
+    assert near(impl.parallelism, 2.5, below=0.12, above=0.03)
     assert impl.efficiency > 0.85
     assert impl.claimed_speedup == (4.0, 6.0)
     assert research.end <= impl.start + 0.05

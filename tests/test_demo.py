@@ -120,7 +120,10 @@ def test_run_demo_passes_and_prints_both_wall_times(tmp_path: Path) -> None:
     assert text.count("validation: unittest passed") == 2
     assert re.search(
         r"measured wall time: [\d.]+ s with 1 instance per specialist, [\d.]+ s with 3\n"
-        r"  [\d.]+x faster with 3 instances per specialist",
+        r"  speedup [\d.]+x: measured, 3 instances per specialist against 1\n",
         text,
     ), text
+    # One speedup on the screen; each run's own ratio is named parallelism, not speedup.
+    assert text.count("speedup") == 1, text
+    assert text.count("parallelism") == 3, text  # run 1, run 2, the note under the speedup
     assert (tmp_path / "demo-sequential" / "shop").is_dir()

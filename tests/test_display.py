@@ -8,27 +8,27 @@ from pathlib import Path
 from rich.console import Console
 
 from guildrun._display import LiveReporter, PlainReporter
-from guildrun._journal import Event
+from guildrun._journal import Event, EventKind
 
-from .conftest import compiled, tasks_plan
+from .conftest import Runner, compiled, tasks_plan, write_plan
 
 
 def feed() -> list[Event]:
     return [
-        Event("phase_started", 0.0, data={"phase": "implementation"}),
-        Event("instance_spawned", 0.0, instance="interface#1"),
-        Event("task_queued", 0.0, "[bold]evil", "interface#1"),
-        Event("task_queued", 0.0, "2", "interface#1"),
-        Event("task_queued", 0.0, "3", "interface#1"),
-        Event("task_started", 0.1, "[bold]evil", "interface#1"),
+        Event(EventKind.PHASE_STARTED, 0.0, data={"phase": "implementation"}),
+        Event(EventKind.INSTANCE_SPAWNED, 0.0, instance="interface#1"),
+        Event(EventKind.TASK_QUEUED, 0.0, "[bold]evil", "interface#1"),
+        Event(EventKind.TASK_QUEUED, 0.0, "2", "interface#1"),
+        Event(EventKind.TASK_QUEUED, 0.0, "3", "interface#1"),
+        Event(EventKind.TASK_STARTED, 0.1, "[bold]evil", "interface#1"),
         Event(
-            "task_finished",
+            EventKind.TASK_FINISHED,
             1.1,
             "[bold]evil",
             data={"status": "failed", "error": "[red]boom", "duration": 1.0},
         ),
-        Event("task_started", 1.1, "2", "interface#1"),
-        Event("guard_hold", 1.2, data={"reason": "CPU 99% > max_cpu 90%"}),
+        Event(EventKind.TASK_STARTED, 1.1, "2", "interface#1"),
+        Event(EventKind.GUARD_HOLD, 1.2, data={"reason": "CPU 99% > max_cpu 90%"}),
     ]
 
 
@@ -57,3 +57,50 @@ def test_plain_lines() -> None:
     assert "phase implementation begins" in lines[0]
     assert "start   [bold]evil on interface#1" in buf.getvalue()
     assert "FAILED  [bold]evil: [red]boom" in buf.getvalue()
+
+
+SKIP_EVENTS = [
+    # As the engine journals it today: the scheduler's sentence under "cause".
+    Event(EventKind.TASK_SKIPPED, 1.0, "b", data={"cause": "dependency 'a' failed"}),
+    # As it may journal it: the failed task under "cause", the sentence under "reason".
+    Event(EventKind.TASK_SKIPPED, 1.0, "c", data={"cause": "a", "reason": "dependency 'a' failed"}),
+]
+
+
+def test_skip_reasons_are_shown_once_not_nested() -> None:
+    buf = io.StringIO()
+    plain = PlainReporter(buf)
+    plain.events(SKIP_EVENTS)
+    text = buf.getvalue()
+    assert "skipped b: dependency 'a' failed\n" in text
+    assert "skipped c: dependency 'a' failed\n" in text
+    assert text.count("dependency") == 2, text
+    console = Console(file=io.StringIO(), force_terminal=True, width=140, color_system=None)
+    live = LiveReporter(console)
+    live.events(SKIP_EVENTS)
+    assert [t.plain for t in live.recent] == [
+        "skipped b: dependency 'a' failed",
+        "skipped c: dependency 'a' failed",
+    ]
+
+
+def test_skip_lines_of_a_real_run_read_cleanly(guildrun: Runner, project: Path) -> None:
+    write_plan(
+        project,
+        {
+            "specialists": {"w": {"run": ["false"]}, "ok": {"run": ["true"]}},
+            "tasks": [
+                {"id": "a", "specialist": "w"},
+                {"id": "b", "specialist": "ok", "depends_on": ["a"]},
+                {"id": "c", "specialist": "ok", "depends_on": ["b"]},
+            ],
+        },
+    )
+    proc = guildrun("run", "plan.yaml", "--root", str(project), cwd=project)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.splitlines()
+    live = [line.split("] ", 1)[1] for line in lines if line.startswith("[")]
+    assert "skipped b: dependency 'a' failed" in live, proc.stdout
+    assert "skipped c: dependency 'a' failed" in live, proc.stdout
+    assert "skipped b: dependency 'a' failed" in lines  # the summary says the same
+    assert '"' not in "".join(line for line in lines if "skipped" in line)

@@ -64,6 +64,7 @@ def max_overlap(spans: list[tuple[float, float]]) -> int:
     return best
 
 
+@pytest.mark.slow
 def test_limits_are_never_exceeded(guildrun: Runner, project: Path) -> None:
     argv = recorder(project)
     specs: dict[str, dict[str, Any]] = {
@@ -90,7 +91,7 @@ def test_limits_are_never_exceeded(guildrun: Runner, project: Path) -> None:
     for spec, limit in (("interface", 3), ("service", 3), ("test", 1)):
         mine = [(r["start"], r["end"]) for t, r in rec.items() if t.startswith(spec)]
         assert max_overlap(mine) <= limit
-    assert summary["speedup"] > 2.5  # 24 x 0.3 s of work on 5 slots
+    assert summary["parallelism"] > 2.5  # 24 x 0.3 s of work on 5 slots
 
 
 def test_same_file_and_same_lock_never_overlap(guildrun: Runner, project: Path) -> None:
@@ -261,6 +262,7 @@ def test_logs_failures_skips_and_exit_code(guildrun: Runner, project: Path) -> N
     assert "bad" in proc.stdout and "err bad" in proc.stdout and "child" in proc.stdout
 
 
+@pytest.mark.slow
 def test_journal_records_instances_and_steals(guildrun: Runner, project: Path) -> None:
     write_plan(
         project,
@@ -425,6 +427,7 @@ def test_unloadable_python_specialist_is_an_input_error(guildrun: Runner, projec
     assert "specialists.x.python" in proc.stderr and "no_such_module" in proc.stderr
 
 
+@pytest.mark.slow
 def test_plan_runs_status_commands(guildrun: Runner, project: Path) -> None:
     write_plan(
         project,

@@ -19,7 +19,7 @@ import pytest
 
 import guildrun
 from guildrun import wait_exponential, wait_random
-from guildrun._retry import RetrySettings, merge_retry
+from guildrun._policies.retry import RetrySettings, merge_retry
 
 from .conftest import Runner, write_plan
 
@@ -153,6 +153,7 @@ def test_permanent_exit_codes_are_not_retried(project: Path) -> None:
     assert summary.failed == 1 and summary.tasks[0].attempts == 1
 
 
+@pytest.mark.slow
 def test_backoff_does_not_hold_the_slot(project: Path) -> None:
     """One instance; A fails and backs off for 1.5 s; B runs in the meantime."""
     plan = guildrun.Plan.model_validate(
@@ -174,6 +175,7 @@ def test_backoff_does_not_hold_the_slot(project: Path) -> None:
     assert by[("b", 1)]["ended"] <= by[("a", 2)]["started"]
 
 
+@pytest.mark.slow
 def test_random_fault_injection_ends_with_everything_done(project: Path) -> None:
     n = 30
     plan = guildrun.Plan.model_validate(
@@ -516,6 +518,7 @@ def assert_final(root: Path) -> None:
     assert counts == {t["id"]: 1 for t in RESUME_TASKS}
 
 
+@pytest.mark.slow
 def test_resume_after_ctrl_c(guildrun: Runner, project: Path) -> None:
     resume_plan(project)
     proc = subprocess.Popen(
@@ -540,6 +543,7 @@ def test_resume_after_ctrl_c(guildrun: Runner, project: Path) -> None:
     assert proc3.returncode == 2 and "no interrupted run to resume" in proc3.stderr
 
 
+@pytest.mark.slow
 def test_power_loss_after_every_commit(guildrun: Runner, tmp_path: Path) -> None:
     """Abort the engine right after its k-th journal commit, for every k; resume each time."""
     k = 1

@@ -11,9 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import guildrun
-from guildrun._engine import Engine, prepare
+from guildrun._engine import Engine, local_executor
 from guildrun._journal import Journal, journal_path
+from guildrun._prepare import prepare
 from guildrun._schedule import RoundRobin, WorkStealing, distribution
 from guildrun._simulate import predict, simulate
 
@@ -26,6 +29,7 @@ def db(root: Path) -> sqlite3.Connection:
     return conn
 
 
+@pytest.mark.slow
 def test_events_stream_while_the_run_goes_on(project: Path) -> None:
     write_plan(
         project,
@@ -129,7 +133,7 @@ def test_resource_guard_holds_back_starts_but_never_stalls(project: Path) -> Non
     with db(project) as conn:
         held = conn.execute("SELECT data FROM events WHERE kind='guard_hold'").fetchone()
     assert "min_free_memory_mb" in json.loads(held["data"])["reason"]
-    assert summary.speedup < 1.3  # one task at a time, from the first start on
+    assert summary.parallelism < 1.3  # one task at a time, from the first start on
 
 
 class SlowJournal(Journal):
@@ -152,7 +156,8 @@ def overhead(root: Path, journal: Journal) -> float:
             "tasks": [{"id": f"t{i}", "specialist": "w"} for i in range(25)],
         }
     )
-    engine = Engine(prepare(plan, root=root), journal)
+    prepared = prepare(plan, root=root)
+    engine = Engine(prepared, journal, local_executor(prepared))
     summary = asyncio.run(engine.execute())
     journal.close()
     assert summary.done == 25
@@ -163,6 +168,7 @@ def overhead(root: Path, journal: Journal) -> float:
     return float(row[0])
 
 
+@pytest.mark.slow
 def test_injected_engine_delay_is_recovered_in_the_overhead(tmp_path: Path) -> None:
     base_root, slow_root = tmp_path / "base", tmp_path / "slow"
     base_root.mkdir()
@@ -206,6 +212,7 @@ def test_strategies_differ_on_mixed_work() -> None:
     assert walls["work-stealing"] >= walls["longest-first"]
 
 
+@pytest.mark.slow
 def test_simulation_predicts_a_real_run_within_ten_percent(project: Path) -> None:
     # Tasks twice as long as MIXED's, so a process start on a busy machine weighs less.
     slow = {

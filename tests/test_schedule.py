@@ -273,7 +273,7 @@ def check_run(
             assert s2 >= e1
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(random_plans(), st.sampled_from(["work-stealing", "round-robin"]), st.data())
 def test_properties_hold_for_random_plans(
     case: tuple[dict[str, Any], dict[str, float], dict[str, int], int],

@@ -6,7 +6,7 @@ private and may change.
     import guildrun
     plan = guildrun.load_plan("plan.yaml")
     summary = guildrun.run(plan)              # or: await guildrun.run_async(plan)
-    print(summary.speedup, summary.utilization)
+    print(summary.parallelism, summary.utilization)
 """
 
 import asyncio
@@ -20,6 +20,7 @@ from ._errors import InputError as InputError
 from ._errors import Interrupted as Interrupted
 from ._errors import PlanError as PlanError
 from ._errors import UsageError as UsageError
+from ._executors.base import TaskContext as TaskContext
 from ._journal import Event as Event
 from ._metrics import Summary as Summary
 from ._plan import Plan as Plan
@@ -27,12 +28,11 @@ from ._plan import Specialist as Specialist
 from ._plan import Task as Task
 from ._plan import load_plan as load_plan
 from ._plan import plan_schema as plan_schema
+from ._policies.retry import RetryPolicy as RetryPolicy
+from ._policies.retry import wait_exponential as wait_exponential
+from ._policies.retry import wait_random as wait_random
 from ._resume import resume_async as resume_async
 from ._resume import rollback as rollback
-from ._retry import RetryPolicy as RetryPolicy
-from ._retry import wait_exponential as wait_exponential
-from ._retry import wait_random as wait_random
-from ._runners import TaskContext as TaskContext
 from ._schedule import Distribution as Distribution
 from ._schedule import RoundRobin as RoundRobin
 from ._schedule import WorkStealing as WorkStealing

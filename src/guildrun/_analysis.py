@@ -22,6 +22,7 @@ from typing import Any
 from ._journal import Journal
 from ._metrics import alive_intervals, instance_key
 from ._plan import PHASES
+from ._wall import Span, active_seconds, active_spans, overlap, segment_end
 
 # What the Parallel Execution Module promises per phase, shown next to the measurement.
 CLAIMED_SPEEDUP: dict[str, tuple[float, float]] = {
@@ -88,9 +89,9 @@ class PhaseStats:
     phase: str
     start: float
     end: float
-    wall_s: float
+    wall_s: float  # without time the run sat stopped inside the phase
     task_s: float
-    speedup: float
+    parallelism: float  # task_s / wall_s
     slots: int
     lower_bound_s: float
     bound_by: str  # "work", "chain" or "specialist:NAME": the term that set the bound
@@ -126,9 +127,9 @@ class Analysis:
     run_id: str
     status: str
     created: float
-    wall_s: float
+    wall_s: float  # without the time the run sat stopped (docs/metrics.md)
     task_s: float
-    speedup: float
+    parallelism: float  # task_s / wall_s: not a speedup
     utilization: float
     slots: int
     lower_bound_s: float
@@ -190,6 +191,7 @@ class _Run:
     specialist_of: dict[str, str]
     instances: list[sqlite3.Row]
     events: list[sqlite3.Row]
+    active: list[Span]  # absolute times an engine worked on the run (`_wall`)
 
 
 def _load(journal: Journal, run_id: str) -> _Run:
@@ -199,6 +201,7 @@ def _load(journal: Journal, run_id: str) -> _Run:
     attempts = journal.attempts(run_id)
     last = max((a["ended"] or a["started"] for a in attempts), default=created)
     end: float = run["ended"] if run["ended"] is not None else last
+    active = active_spans(journal, run_id, created, end)
     settings = json.loads(run["settings_json"])
     phase_of = {t["id"]: t["phase"] for t in tasks}
     specialist_of = {t["id"]: t["specialist"] for t in tasks}
@@ -210,8 +213,10 @@ def _load(journal: Journal, run_id: str) -> _Run:
             specialist=specialist_of.get(a["task_id"], "?"),
             phase=phase_of.get(a["task_id"], "?"),
             start=a["started"] - created,
-            # An attempt still open (a crashed or live run) is counted up to the run's end.
-            end=(a["ended"] if a["ended"] is not None else end) - created,
+            # An attempt still open (a crashed or live run) is counted up to the end of
+            # the span its engine worked in: a killed engine's attempts died with it.
+            end=(a["ended"] if a["ended"] is not None else segment_end(a["started"], active, end))
+            - created,
             status=a["status"],
             exit_code=a["exit_code"],
             error=a["error"],
@@ -232,6 +237,7 @@ def _load(journal: Journal, run_id: str) -> _Run:
         specialist_of=specialist_of,
         instances=journal.instances(run_id),
         events=journal.events(run_id),
+        active=active,
     )
 
 
@@ -248,26 +254,14 @@ def _dependencies(plan_json: str) -> dict[str, list[str]]:
     return out
 
 
-def _rows(journal: Journal, sql: str, run_id: str) -> list[sqlite3.Row]:
-    """Rows of a table that journals written before it existed do not have: then none."""
-    try:
-        return list(journal.db.execute(sql, (run_id,)))
-    except sqlite3.OperationalError:
-        return []
-
-
 def _timings(journal: Journal, run_id: str) -> dict[str, float]:
-    sql = "SELECT step, seconds FROM timings WHERE run_id=? ORDER BY step"
-    return {r["step"]: float(r["seconds"]) for r in _rows(journal, sql, run_id)}
+    return journal.timings(run_id)
 
 
 def _samples(journal: Journal, run_id: str, created: float) -> list[Sample]:
-    sql = (
-        "SELECT time, cpu, running, agents_cpu, mem_used FROM samples WHERE run_id=? ORDER BY time"
-    )
     return [
         Sample(r["time"] - created, r["cpu"], r["running"], r["agents_cpu"], r["mem_used"])
-        for r in _rows(journal, sql, run_id)
+        for r in journal.samples(run_id)
     ]
 
 
@@ -389,7 +383,7 @@ def _phase_stats(
         members = [t["id"] for t in run.tasks if t["phase"] == phase]
         chain, chain_s = _longest_chain(members, run.deps, duration)
         bound = _lower_bound(members, run, duration, chain_s)
-        wall = end - start
+        wall = overlap(run.created + start, run.created + end, run.active)
         task_s = sum(duration.get(t, 0.0) for t in members)
         out.append(
             PhaseStats(
@@ -398,7 +392,7 @@ def _phase_stats(
                 end=end,
                 wall_s=wall,
                 task_s=task_s,
-                speedup=_ratio(task_s, wall),
+                parallelism=_ratio(task_s, wall),
                 slots=bound.slots,
                 lower_bound_s=bound.seconds,
                 bound_by=bound.by,
@@ -416,7 +410,9 @@ def _phase_stats(
 
 
 def _instance_stats(run: _Run) -> list[InstanceStats]:
-    alive = alive_intervals(run.instances, run.created + run.end, origin=run.created)
+    alive = alive_intervals(
+        run.instances, run.created + run.end, origin=run.created, active=run.active
+    )
     specialist = {row["name"]: row["specialist"] for row in run.instances}
     busy: dict[str, float] = defaultdict(float)
     count: dict[str, int] = defaultdict(int)
@@ -561,7 +557,7 @@ def analyze(journal: Journal, run_id: str) -> Analysis:
     on_path = set(path)
     for s in run.spans:
         s.critical = s.task in on_path
-    wall = run.end
+    wall = active_seconds(run.active)
     task_s = sum(duration.values())
     lower = sum(p.lower_bound_s for p in phases)
     timings = _timings(journal, run_id)
@@ -575,7 +571,7 @@ def analyze(journal: Journal, run_id: str) -> Analysis:
         created=run.created,
         wall_s=wall,
         task_s=task_s,
-        speedup=_ratio(task_s, wall),
+        parallelism=_ratio(task_s, wall),
         utilization=_ratio(sum(i.busy_s for i in instances), alive),
         slots=max((p.slots for p in phases), default=0),
         lower_bound_s=lower,

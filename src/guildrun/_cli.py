@@ -17,12 +17,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._engine import Prepared, Reporter, prepare, run_prepared, specialist_callable
+from ._engine import Reporter, run_prepared
 from ._errors import GuildrunError, UsageError
 from ._journal import Journal, journal_path
 from ._metrics import Summary, summarize
 from ._paths import find_root
 from ._plan import PHASES, plan_schema
+from ._prepare import Prepared, prepare, specialist_callable
 from ._schedule import Scheduler, distribution
 from ._settings import STRATEGIES
 
@@ -35,15 +36,15 @@ class _Consoles:
 
     @cached_property
     def out(self) -> Console:
-        from rich.console import Console
+        from ._console import make_console
 
-        return Console(highlight=False)
+        return make_console()
 
     @cached_property
     def err(self) -> Console:
-        from rich.console import Console
+        from ._console import make_console
 
-        return Console(stderr=True, highlight=False)
+        return make_console(stderr=True)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,16 +63,39 @@ def _positive(text: str) -> int:
     return value
 
 
+ROOT_HELP = "project root (default: git top level, else cwd)"
+RUN_HELP = "run id, or a unique prefix of one (default: the latest run; see 'guildrun runs')"
+
+
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = _Parser(prog="guildrun", description="Run many agent tasks in parallel, safely.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p.add_argument("--version", action="version", version=f"guildrun {__version__}")
+    sub = p.add_subparsers(
+        dest="command", required=True, parser_class=_Parser, title="commands", metavar="COMMAND"
+    )
 
     def plan_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("plan", help="plan file (YAML or JSON)")
-        sp.add_argument("--root", help="project root (default: git top level, else cwd)")
-        sp.add_argument("--per-agent-type", type=_positive, metavar="N")
-        sp.add_argument("--total-parallel", type=_positive, metavar="N")
-        sp.add_argument("--strategy", choices=STRATEGIES)
+        sp.add_argument("--root", help=ROOT_HELP)
+        sp.add_argument(
+            "--per-agent-type",
+            type=_positive,
+            metavar="N",
+            help="most instances of each specialist at once (overrides the plan's settings)",
+        )
+        sp.add_argument(
+            "--total-parallel",
+            type=_positive,
+            metavar="N",
+            help="most tasks running at once over all specialists (overrides the plan)",
+        )
+        sp.add_argument(
+            "--strategy",
+            choices=STRATEGIES,
+            help="how tasks are shared between instances (overrides the plan)",
+        )
         sp.add_argument(
             "--auto", action="store_true", help="choose the limits from the size of the work"
         )
@@ -92,50 +116,80 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--fail-fast", action="store_true", help="stop everything at the first failure")
 
     rsm = sub.add_parser("resume", help="continue an interrupted run (default: the latest)")
-    rsm.add_argument("run", nargs="?")
-    rsm.add_argument("--root")
+    rsm.add_argument("run", nargs="?", help=RUN_HELP)
+    rsm.add_argument("--root", help=ROOT_HELP)
     rsm.add_argument(
         "--retry-failed", action="store_true", help="run failed and skipped tasks again"
     )
     output_args(rsm)
 
+    rr = sub.add_parser(
+        "rerun", help="a new run of a past run's plan: its failed tasks, or named ones"
+    )
+    rr.add_argument("run", help=RUN_HELP)
+    rr.add_argument("--root", help=ROOT_HELP)
+    rr.add_argument(
+        "--failed", action="store_true", help="run its failed and skipped tasks (the default)"
+    )
+    rr.add_argument("--task", action="append", default=[], metavar="ID", help="run this task")
+    output_args(rr)
+
     rb = sub.add_parser("rollback", help="undo finished work of a run, newest first")
-    rb.add_argument("run")
-    rb.add_argument("--root")
+    rb.add_argument("run", help="run id, or a unique prefix of one (see 'guildrun runs')")
+    rb.add_argument("--root", help=ROOT_HELP)
     which = rb.add_mutually_exclusive_group()
     which.add_argument("--task", help="only this task")
     which.add_argument("--scope", help="only the tasks of this scope")
 
     pl = sub.add_parser("plan", help="dry run: phases, instances and the initial assignment")
     plan_args(pl)
-    pl.add_argument("--json", action="store_true")
+    pl.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     pl.add_argument(
         "--simulate",
         action="store_true",
-        help="predict wall time, speedup and utilization of each strategy from task estimates",
+        help="predict wall time, utilization and speedup over one task at a time (simulated) "
+        "of each strategy from task estimates",
     )
 
     v = sub.add_parser("validate", help="check a plan and exit")
     plan_args(v)
 
     rs = sub.add_parser("runs", help="list past runs")
-    rs.add_argument("--root")
-    rs.add_argument("--json", action="store_true")
+    rs.add_argument("--root", help=ROOT_HELP)
+    rs.add_argument("--json", action="store_true", help="print the runs as one JSON list")
 
     st = sub.add_parser("status", help="what a run did (default: the latest)")
-    st.add_argument("run", nargs="?")
-    st.add_argument("--root")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("run", nargs="?", help=RUN_HELP)
+    st.add_argument("--root", help=ROOT_HELP)
+    st.add_argument(
+        "--json", action="store_true", help="print the run, its tasks and attempts as JSON"
+    )
 
     rp = sub.add_parser("report", help="HTML report of a run (default: the latest), or --json")
-    rp.add_argument("run", nargs="?")
-    rp.add_argument("--root")
+    rp.add_argument("run", nargs="?", help=RUN_HELP)
+    rp.add_argument("--root", help=ROOT_HELP)
     rp.add_argument(
         "--html", metavar="FILE", help="where to write it (default .guildrun/runs/RUN/report.html)"
     )
     rp.add_argument("--json", action="store_true", help="print the report data as JSON")
 
     sub.add_parser("schema", help="print the JSON Schema of plan files")
+
+    mc = sub.add_parser("mcp", help="serve the project to an orchestrating agent over MCP (stdio)")
+    mc.add_argument("--root", help="project root (default: git top level, else cwd)")
+
+    su = sub.add_parser("setup", help="write guildrun.toml from what the project looks like")
+    su.add_argument("--root", help="project root (default: git top level, else cwd)")
+    su.add_argument("--claude", action="store_true", help="also a Claude Code /guildrun command")
+    su.add_argument("--force", action="store_true", help="overwrite files that are there")
+    su.add_argument("--dry-run", action="store_true", help="print what it would write")
+
+    from . import _fanout
+
+    fo = sub.add_parser("fanout", help="one task per file (or per N files), without a plan file")
+    _fanout.add_arguments(fo)
+    output_args(fo)
+    fo.add_argument("--fail-fast", action="store_true", help="stop everything at the first failure")
 
     d = sub.add_parser("demo", help="run the demo on a sample repository")
     d.add_argument("--dir", help="where to build the sample repository (default: a temp folder)")
@@ -147,6 +201,28 @@ def _parser() -> argparse.ArgumentParser:
         help="how long each stand-in agent sleeps in place of a language model (default 1.0)",
     )
     return p
+
+
+def overview(parser: argparse.ArgumentParser) -> str:
+    """What `guildrun` alone prints: each command with its one line, and where to go next."""
+    lines = [
+        "usage: guildrun COMMAND [ARGS]",
+        "",
+        parser.description or "",
+        "",
+        "commands:",
+    ]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            choices = action._choices_actions
+            width = max(len(c.dest) for c in choices)
+            lines += [f"  {c.dest:<{width}}  {c.help}" for c in choices]
+    lines += [
+        "",
+        "'guildrun COMMAND --help' describes a command and its arguments;",
+        "'guildrun --version' prints the version.",
+    ]
+    return "\n".join(lines)
 
 
 def _prepare(args: argparse.Namespace) -> Prepared:
@@ -204,7 +280,10 @@ def _finish(summary: Summary, args: argparse.Namespace, con: _Consoles) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, con: _Consoles) -> int:
+    from ._statedir import ensure_state_dir
+
     prepared = _prepare(args)
+    ensure_state_dir(prepared.root)
     if prepared.notes and not args.quiet:
         show = sys.stderr if (args.json or args.events == "-") else sys.stdout
         for note in prepared.notes:
@@ -221,8 +300,33 @@ def _cmd_run(args: argparse.Namespace, con: _Consoles) -> int:
     return _finish(summary, args, con)
 
 
+def _cmd_rerun(args: argparse.Namespace, con: _Consoles) -> int:
+    from ._rerun import rerun_async
+
+    with contextlib.ExitStack() as stack:
+        summary = asyncio.run(
+            rerun_async(
+                args.run,
+                root=args.root,
+                failed=args.failed,
+                tasks=args.task,
+                reporter=_reporter(args, con, stack),
+                own_files=_own_files(args, find_root(args.root)),
+            )
+        )
+    return _finish(summary, args, con)
+
+
 def _cmd_resume(args: argparse.Namespace, con: _Consoles) -> int:
+    from ._rerun import resume_hint
     from ._resume import resume_async
+    from ._statedir import ensure_state_dir
+
+    root = find_root(args.root)
+    if journal_path(root).exists():  # else resume says there is nothing to resume
+        ensure_state_dir(root)
+
+    resume_hint(args.root, args.run)
 
     with contextlib.ExitStack() as stack:
         summary = asyncio.run(
@@ -232,10 +336,31 @@ def _cmd_resume(args: argparse.Namespace, con: _Consoles) -> int:
                 retry_failed=args.retry_failed,
                 reporter=_reporter(args, con, stack),
                 crash_after_commit=_crash_hook(),
-                own_files=_own_files(args, find_root(args.root)),
+                own_files=_own_files(args, root),
             )
         )
     return _finish(summary, args, con)
+
+
+def _cmd_mcp(args: argparse.Namespace) -> int:
+    try:
+        from ._mcp import main as serve
+    except ImportError as exc:
+        missing = (exc.name or "mcp").split(".")[0]
+        raise UsageError(
+            f"guildrun mcp needs the MCP SDK ({missing} is missing): pip install 'guildrun[mcp]'"
+        ) from None
+    return serve(args.root)
+
+
+def _cmd_fanout(args: argparse.Namespace, con: _Consoles) -> int:
+    from ._fanout import plan_from_args, plan_yaml
+
+    args.plan = plan_from_args(args)
+    if args.dry_run:
+        sys.stdout.write(plan_yaml(args.plan))
+        return 0
+    return _cmd_run(args, con)
 
 
 def _cmd_rollback(args: argparse.Namespace, out: Console) -> int:
@@ -303,7 +428,7 @@ def _cmd_plan(args: argparse.Namespace, out: Console) -> int:
     if simulation is not None:
         out.print(
             f"[bold]simulation[/] (estimates: {simulation['estimates']}; "
-            f"work {simulation['work_s']:.1f}s)",
+            f"work {simulation['work_s']:.1f}s; speedup: simulated, over one task at a time)",
             highlight=False,
         )
         for p in simulation["strategies"]:
@@ -329,23 +454,42 @@ def _cmd_validate(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
-def _open_journal(root: str | None) -> Journal:
-    return Journal(journal_path(find_root(root)), readonly=True)
+def _seen_json(summary: Summary, note: str | None, **kw: Any) -> dict[str, Any]:
+    """A summary's JSON with the status a reader should see, and why it differs."""
+    data = summary.to_json(**kw)
+    if note is not None:
+        data["engine_gone"] = True
+        data["resume"] = f"guildrun resume {summary.run_id}"
+    return data
 
 
 def _cmd_runs(args: argparse.Namespace, out: Console) -> int:
-    journal = _open_journal(args.root)
+    from ._liveness import as_seen
+
+    root = find_root(args.root)
+    path = journal_path(root)
+    if not path.exists():
+        if args.json:
+            print("[]")
+        else:
+            out.print(f"no runs yet in {root}", highlight=False)
+        return 0
+    journal = Journal(path, readonly=True)
     try:
-        rows = [summarize(journal, r["id"]) for r in journal.runs()]
+        rows = [as_seen(summarize(journal, r["id"]), root) for r in journal.runs()]
     finally:
         journal.close()
     if args.json:
-        print(json.dumps([s.to_json() for s in rows]))
+        print(json.dumps([_seen_json(s, note) for s, note in rows]))
         return 0
-    for s in rows:
+    if not rows:
+        out.print(f"no runs yet in {root}", highlight=False)
+    for s, note in rows:
+        speedup = f"  speedup {s.speedup:.2f}x vs {s.speedup_vs}" if s.speedup is not None else ""
         out.print(
-            f"{s.run_id}  {s.status:<11} done {s.done} failed {s.failed} skipped {s.skipped}  "
-            f"wall {s.wall_s:.2f}s  speedup {s.speedup:.2f}x",
+            f"{s.run_id}  {note or s.status:<11} done {s.done} failed {s.failed} "
+            f"skipped {s.skipped}  wall {s.wall_s:.2f}s  parallelism {s.parallelism:.2f}x"
+            f"{speedup}",
             highlight=False,
         )
     return 0
@@ -353,16 +497,18 @@ def _cmd_runs(args: argparse.Namespace, out: Console) -> int:
 
 def _cmd_status(args: argparse.Namespace, out: Console) -> int:
     from ._display import print_summary
+    from ._liveness import as_seen
 
-    journal = _open_journal(args.root)
+    root = find_root(args.root)
+    journal = Journal(journal_path(root), readonly=True)
     try:
         run_id = journal.run(args.run)["id"]
-        summary = summarize(journal, run_id)
+        summary, note = as_seen(summarize(journal, run_id), root)
         attempts = journal.attempts(run_id)
     finally:
         journal.close()
     if args.json:
-        data = summary.to_json(details=True)
+        data = _seen_json(summary, note, details=True)
         by_task: dict[str, list[dict[str, Any]]] = {}
         for a in attempts:
             by_task.setdefault(a["task_id"], []).append(
@@ -381,6 +527,8 @@ def _cmd_status(args: argparse.Namespace, out: Console) -> int:
         print(json.dumps(data))
         return 0
     print_summary(summary, out)
+    if note is not None:
+        out.print(f"[yellow]{note}[/]", highlight=False)
     return 0
 
 
@@ -394,6 +542,10 @@ def _cmd_demo(args: argparse.Namespace, out: Console) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     con = _Consoles()
+    if not (sys.argv[1:] if argv is None else argv):
+        # No command is a request for the list of them, not a mistake: exit 0.
+        print(overview(_parser()))
+        return 0
     try:
         args = _parser().parse_args(argv)
         cmd = args.command
@@ -420,6 +572,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if cmd == "demo":
             return _cmd_demo(args, con.out)
+        if cmd == "setup":
+            from ._setup import cmd_setup
+
+            return cmd_setup(args.root, claude=args.claude, force=args.force, dry_run=args.dry_run)
+        if cmd == "mcp":
+            return _cmd_mcp(args)
+        if cmd == "rerun":
+            return _cmd_rerun(args, con)
+        if cmd == "fanout":
+            return _cmd_fanout(args, con)
         raise UsageError(f"unknown command {cmd!r}")
     except GuildrunError as exc:
         sys.stderr.write(f"guildrun: error: {exc}\n")

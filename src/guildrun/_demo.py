@@ -3,7 +3,8 @@
 It builds a small shop repository whose own test suite fails, runs a plan whose agents
 make the edits that fix it, and lets the repository's tests say whether they did. It
 then runs the same plan again on a fresh copy with one instance per specialist, so the
-speedup printed is two measured wall times, not an estimate.
+speedup printed is two measured wall times, not an estimate. Each run's own figure,
+summed task time over its wall time, is printed as parallelism, never as speedup.
 
 The agents (`_demo_agents`) are stand-ins: they sleep where a language model would
 think, and the demo says so, with `--think` to set that time.
@@ -480,8 +481,8 @@ def _run_copy(repo: Path, plan: Plan, instances: int, emit: Emit) -> Measured:
     ok, verdict = validation_verdict(s)
     emit(f"  tasks: {s.done} done, {s.failed} failed, {s.skipped} skipped")
     emit(
-        f"  wall {s.wall_s:.1f} s, task time {s.task_s:.1f} s (speedup {s.speedup:.2f}x), "
-        f"utilization {s.utilization:.0%}"
+        f"  wall {s.wall_s:.1f} s, task time {s.task_s:.1f} s, "
+        f"parallelism {s.parallelism:.2f}x (task time / wall), utilization {s.utilization:.0%}"
     )
     for t in s.tasks:
         if t.state in ("failed", "skipped") and t.id != VALIDATE_TASK:
@@ -538,7 +539,10 @@ def _compare(emit: Emit, fast: Summary, slow: Summary) -> None:
         f"measured wall time: {slow.wall_s:.1f} s with 1 instance per specialist, "
         f"{fast.wall_s:.1f} s with {PARALLEL}"
     )
-    emit(f"  {ratio:.2f}x faster with {PARALLEL} instances per specialist")
+    emit(f"  speedup {ratio:.2f}x: measured, {PARALLEL} instances per specialist against 1")
+    emit("  (parallelism, above, is one run's task time over its own wall time: how many")
+    emit("  tasks ran at once on average; tasks sharing a machine slow each other down,")
+    emit("  so it is more than the time saved)")
 
 
 _STATIC_FILES: dict[str, str] = {

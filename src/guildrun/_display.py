@@ -84,6 +84,16 @@ class PlainReporter(Reporter):
         self.stream.write(text + "\n")
 
 
+def skip_reason(data: Mapping[str, Any]) -> str:
+    """Why a task was skipped, as the scheduler worded it ("dependency 'a' failed").
+
+    The `task_skipped` event carries that sentence under "cause" (and, once the engine
+    journals both, the failed task under "cause" and the sentence under "reason"):
+    it is shown as it is, never wrapped in a second sentence.
+    """
+    return str(data.get("reason") or data.get("cause") or "a dependency did not finish")
+
+
 def _describe(ev: Event) -> str | None:
     d = ev.data or {}
     if ev.kind == "task_started":
@@ -94,7 +104,7 @@ def _describe(ev: Event) -> str | None:
             return f"done    {ev.task} ({d.get('duration', 0):.2f}s)"
         return f"FAILED  {ev.task}: {d.get('error')}"
     if ev.kind == "task_skipped":
-        return f"skipped {ev.task}: dependency {d.get('cause')!r} failed"
+        return f"skipped {ev.task}: {skip_reason(d)}"
     if ev.kind == "task_interrupted":
         return f"stopped {ev.task}: interrupted"
     if ev.kind == "phase_started":
@@ -159,6 +169,7 @@ class LiveReporter(Reporter):
                 )
             elif k == "task_skipped":
                 self.counts["skipped"] += 1
+                self._note("skipped", "yellow", f"{ev.task}: {skip_reason(d)}")
                 for pile in self.queued.values():
                     pile.discard(ev.task or "")
             elif k == "instance_spawned" and ev.instance:
@@ -233,6 +244,11 @@ class LiveReporter(Reporter):
             self.live.stop()
 
 
+def speedup_text(summary: Summary) -> str:
+    """ "1.68x vs measured sequential (run R)": a speedup always says what it is against."""
+    return f"{summary.speedup:.2f}x vs {summary.speedup_vs} (run {summary.baseline_run})"
+
+
 def print_summary(summary: Summary, console: Console) -> None:
     style = "green" if summary.ok else ("yellow" if summary.status == "interrupted" else "red")
     table = Table(title=f"run {summary.run_id}: [{style}]{summary.status}[/]", show_header=False)
@@ -248,7 +264,11 @@ def print_summary(summary: Summary, console: Console) -> None:
     rows += [
         ("wall time", f"{summary.wall_s:.2f}s"),
         ("summed task time", f"{summary.task_s:.2f}s"),
-        ("speedup", f"{summary.speedup:.2f}x"),
+        ("parallelism", f"{summary.parallelism:.2f}x (task time / wall time)"),
+    ]
+    if summary.speedup is not None:
+        rows.append(("speedup", speedup_text(summary)))
+    rows += [
         ("utilization", f"{summary.utilization:.0%}"),
         ("steals", summary.steals),
     ]

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -137,18 +138,44 @@ CREATE INDEX IF NOT EXISTS instances_by_run ON instances(run_id, name);
 """
 
 
+class EventKind(StrEnum):
+    """Every kind of event a run journals: a closed set, so a reader can handle each."""
+
+    RUN_STARTED = "run_started"
+    RUN_RESUMED = "run_resumed"
+    RUN_ENDED = "run_ended"
+    TASK_QUEUED = "task_queued"
+    TASK_STARTED = "task_started"
+    TASK_FINISHED = "task_finished"
+    TASK_RETRY = "task_retry"
+    TASK_SEQUENTIAL = "task_sequential"
+    TASK_SKIPPED = "task_skipped"
+    TASK_INTERRUPTED = "task_interrupted"
+    INSTANCE_SPAWNED = "instance_spawned"
+    INSTANCE_RETIRED = "instance_retired"
+    PHASE_STARTED = "phase_started"
+    PHASE_ENDED = "phase_ended"
+    GUARD_HOLD = "guard_hold"
+    GUARD_RELEASE = "guard_release"
+    WATCHER_UNAVAILABLE = "watcher_unavailable"
+    STRAY_CHANGES_UNDONE = "stray_changes_undone"
+
+
 @dataclass(frozen=True)
 class Event:
     """One thing that happened, as journaled and then reported."""
 
-    kind: str
+    kind: EventKind
     time: float
     task: str | None = None
     instance: str | None = None
     data: dict[str, Any] | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", EventKind(self.kind))  # unknown kinds are refused
+
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"event": self.kind, "time": self.time}
+        out: dict[str, Any] = {"event": self.kind.value, "time": self.time}
         if self.task is not None:
             out["task"] = self.task
         if self.instance is not None:
@@ -207,6 +234,11 @@ class Journal:
     def close(self) -> None:
         self.db.close()
 
+    def commit_hook(self) -> None:
+        """After every commit: the power-loss tests end the process here, at commit k."""
+        if self._crash_after is not None and self._commits >= self._crash_after:
+            os._exit(137)
+
     @contextmanager
     def transaction(self) -> Iterator[list[Event]]:
         """Group writes into one commit; yields the events journaled inside it."""
@@ -230,8 +262,7 @@ class Journal:
         else:
             self.db.execute("COMMIT")
             self._commits += 1
-            if self._crash_after is not None and self._commits >= self._crash_after:
-                os._exit(137)
+            self.commit_hook()
         finally:
             self._pending = []
             self._batch = None
@@ -498,5 +529,44 @@ class Journal:
             self.db.execute("SELECT * FROM instances WHERE run_id=? ORDER BY seq", (run_id,))
         )
 
+    def timings(self, run_id: str) -> dict[str, float]:
+        """Seconds per engine step (none for journals written before timings existed)."""
+        sql = "SELECT step, seconds FROM timings WHERE run_id=? ORDER BY step"
+        return {r["step"]: float(r["seconds"]) for r in self._select(sql, run_id)}
+
+    def samples(self, run_id: str) -> list[sqlite3.Row]:
+        sql = (
+            "SELECT time, cpu, running, agents_cpu, mem_used FROM samples"
+            " WHERE run_id=? ORDER BY time"
+        )
+        return self._select(sql, run_id)
+
+    def _select(self, sql: str, run_id: str) -> list[sqlite3.Row]:
+        """Rows of a table that journals written before it existed do not have: then none."""
+        try:
+            return list(self.db.execute(sql, (run_id,)))
+        except sqlite3.OperationalError:
+            return []
+
     def events(self, run_id: str) -> list[sqlite3.Row]:
         return list(self.db.execute("SELECT * FROM events WHERE run_id=? ORDER BY seq", (run_id,)))
+
+
+def durations_by_work(path: Path) -> list[tuple[str, list[str], float]]:
+    """(specialist, files, seconds) of every successful attempt in a journal: the
+    history estimates are learned from. Empty when there is no readable journal."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return []
+    try:
+        rows = db.execute(
+            "SELECT t.specialist, t.files_json, a.ended - a.started FROM attempts a"
+            " JOIN tasks t ON t.run_id = a.run_id AND t.id = a.task_id"
+            " WHERE a.status = 'ok' AND a.ended IS NOT NULL"
+        ).fetchall()
+    except sqlite3.Error:
+        return []
+    finally:
+        db.close()
+    return [(spec, json.loads(files), float(d)) for spec, files, d in rows]

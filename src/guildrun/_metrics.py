@@ -1,9 +1,11 @@
 """The numbers a run is judged by, computed from the journal alone.
 
 Definitions (docs/metrics.md has the long form):
-- wall_s: run start to run end.
-- task_s: the summed duration of every attempt, what one agent would have spent in turn.
-- speedup: task_s / wall_s.
+- wall_s: run start to run end, without the time the run sat stopped before a resume.
+- task_s: the summed duration of every attempt.
+- parallelism: task_s / wall_s, how many tasks ran at once on average (not a speedup:
+  tasks sharing a machine slow each other down).
+- speedup: a measured sequential run's wall time over this one's (`_speedup`), else None.
 - utilization: summed busy time of all instances over their summed alive time
   (an instance is alive from spawn to retirement; busy while it runs an attempt).
 """
@@ -14,12 +16,12 @@ import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ._journal import Journal
-
-TAIL_LINES = 10
+from ._logtail import log_excerpt
+from ._speedup import measured_baseline
+from ._wall import Span, active_seconds, active_spans, clip, segment_end
 
 
 @dataclass
@@ -62,12 +64,15 @@ class Summary:
     pending: int
     wall_s: float
     task_s: float
-    speedup: float
+    parallelism: float
     utilization: float
     steals: int
     root: str
     tasks: list[TaskLine]
     instances: list[InstanceLine]
+    speedup: float | None = None  # against a measured run, see speedup_vs; else unknown
+    speedup_vs: str | None = None  # "measured sequential", "measured one instance per ..."
+    baseline_run: str | None = None  # the run the speedup was measured against
 
     @property
     def ok(self) -> bool:
@@ -89,7 +94,10 @@ class Summary:
             "pending": self.pending,
             "wall_s": round(self.wall_s, 6),
             "task_s": round(self.task_s, 6),
-            "speedup": round(self.speedup, 4),
+            "parallelism": round(self.parallelism, 4),
+            "speedup": round(self.speedup, 4) if self.speedup is not None else None,
+            "speedup_vs": self.speedup_vs,
+            "baseline_run": self.baseline_run,
             "utilization": round(self.utilization, 4),
             "steals": self.steals,
             "failures": [
@@ -107,27 +115,14 @@ class Summary:
         return out
 
 
-def _tail(path: str | None, n: int = TAIL_LINES) -> list[str]:
-    if not path:
-        return []
-    try:
-        with Path(path).open("rb") as fh:
-            fh.seek(0, 2)
-            size = fh.tell()
-            fh.seek(max(0, size - 8192))
-            text = fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return []
-    return text.splitlines()[-n:]
-
-
 def summarize(journal: Journal, run_id: str) -> Summary:
     run = journal.run(run_id)
     now_end = run["ended"]
     attempts = journal.attempts(run_id)
     last_end = max((a["ended"] or a["started"] for a in attempts), default=run["created"])
     end = now_end if now_end is not None else last_end
-    wall = max(0.0, end - run["created"])
+    active = active_spans(journal, run_id, run["created"], end)
+    wall = active_seconds(active)
     busy: dict[str, float] = defaultdict(float)
     count: Counter[str] = Counter()
     task_s = 0.0
@@ -143,8 +138,8 @@ def summarize(journal: Journal, run_id: str) -> Summary:
     rows = journal.instances(run_id)
     spec_of = {r["name"]: r["specialist"] for r in rows}
     alive = {
-        name: sum(max(0.0, b - a) for a, b in spans)
-        for name, spans in alive_intervals(rows, end).items()
+        name: sum(b - a for a, b in spans)
+        for name, spans in alive_intervals(rows, end, active=active).items()
     }
     instances = [
         InstanceLine(name, spec_of[name], busy.get(name, 0.0), alive[name], count.get(name, 0))
@@ -171,13 +166,14 @@ def summarize(journal: Journal, run_id: str) -> Summary:
         )
         if t["state"] == "failed" and last is not None:
             log = last["stderr_path"]
-            tail = _tail(log)
+            tail = log_excerpt(log)
             if not tail:
                 log = last["stdout_path"]
-                tail = _tail(log)
+                tail = log_excerpt(log)
             line.log, line.tail = log, tail
         lines.append(line)
     pending = sum(n for s, n in states.items() if s not in ("done", "failed", "skipped"))
+    baseline = measured_baseline(journal, run)
     return Summary(
         run_id=run_id,
         status=run["status"],
@@ -187,12 +183,15 @@ def summarize(journal: Journal, run_id: str) -> Summary:
         pending=pending,
         wall_s=wall,
         task_s=task_s,
-        speedup=task_s / wall if wall > 0 else 0.0,
+        parallelism=task_s / wall if wall > 0 else 0.0,
         utilization=total_busy / total_alive if total_alive > 0 else 0.0,
         steals=sum(1 for t in lines if t.stolen_from),
         root=run["root"],
         tasks=lines,
         instances=instances,
+        speedup=baseline.wall_s / wall if baseline is not None and wall > 0 else None,
+        speedup_vs=baseline.kind if baseline is not None else None,
+        baseline_run=baseline.run_id if baseline is not None else None,
     )
 
 
@@ -203,12 +202,27 @@ def instance_key(name: str) -> tuple[str, int, str]:
 
 
 def alive_intervals(
-    rows: Iterable[sqlite3.Row], end: float, origin: float = 0.0
+    rows: Iterable[sqlite3.Row],
+    end: float,
+    origin: float = 0.0,
+    active: list[Span] | None = None,
 ) -> dict[str, list[tuple[float, float]]]:
     """(spawned, retired) of each instance, one pair per journal row (an instance may live
-    again in a later phase), relative to `origin`; one not retired lives until `end`."""
+    again in a later phase), relative to `origin`.
+
+    With the run's `active` spans (absolute times), an instance lives at most until the
+    end of the span it was spawned in: its engine ended or died there, whatever a later
+    engine wrote for it; without them, an instance not retired lives until `end`.
+    """
     out: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for row in rows:
+        spawned = row["spawned"]
         retired = row["retired"] if row["retired"] is not None else end
-        out[row["name"]].append((row["spawned"] - origin, retired - origin))
+        if active is None:
+            pieces = [(spawned, retired)]
+        else:
+            pieces = clip(spawned, min(retired, segment_end(spawned, active, end)), active)
+        out[row["name"]].extend((a - origin, b - origin) for a, b in pieces)
+        if not pieces:
+            out[row["name"]].append((spawned - origin, spawned - origin))
     return out

@@ -23,7 +23,7 @@ from pydantic.json_schema import SkipJsonSchema
 from . import _templates as tpl
 from ._errors import PlanError
 from ._paths import glob_to_regex, normalize_owned_path
-from ._retry import RetrySettings
+from ._policies.retry import RetrySettings
 from ._settings import Settings
 
 PHASES: tuple[str, ...] = ("research", "planning", "implementation", "validation")

@@ -7,6 +7,7 @@ journal is escaped, because task ids, errors and logs are whatever agents wrote.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import os
@@ -18,6 +19,7 @@ from typing import Any
 
 from ._analysis import Analysis, AttemptSpan, PhaseStats, Sample, analyze
 from ._journal import Journal, journal_path
+from ._liveness import as_seen
 from ._metrics import Summary, summarize
 from ._paths import STATE_DIR, find_root
 
@@ -98,7 +100,8 @@ def _header(a: Analysis, s: Summary) -> str:
         (f"{s.done} / {s.failed} / {s.skipped}", "done / failed / skipped"),
         (fmt_s(a.wall_s), "wall time"),
         (fmt_s(a.task_s), "summed task time"),
-        (fmt_x(a.speedup), "speedup"),
+        (fmt_x(a.parallelism), "parallelism (task time / wall)"),
+        _speedup_stat(s),
         (fmt_pct(a.utilization), "utilization"),
         (fmt_pct(a.efficiency), f"efficiency (bound {fmt_s(a.lower_bound_s)})"),
         (fmt_pct(a.overhead) if a.overhead is not None else "not timed", "coordination overhead"),
@@ -116,6 +119,13 @@ def _header(a: Analysis, s: Summary) -> str:
         f"{s.steals} steals · {len(a.instances)} instances</div>"
         f'<div class="stats">{cells}</div>'
     )
+
+
+def _speedup_stat(s: Summary) -> tuple[str, str]:
+    """Speedup only against a measured run (docs/metrics.md), saying which."""
+    if s.speedup is None:
+        return ("–", "speedup: no sequential run of this plan measured")
+    return (fmt_x(s.speedup), f"speedup vs {s.speedup_vs} (run {s.baseline_run})")
 
 
 # ---------------------------------------------------------------- timeline
@@ -301,7 +311,7 @@ def phases_table(a: Analysis) -> str:
             str(p.tasks),
             fmt_s(p.wall_s),
             fmt_s(p.task_s),
-            fmt_x(p.speedup),
+            fmt_x(p.parallelism),
             _claimed(p),
             str(p.slots),
             f"{fmt_s(p.lower_bound_s)} <span class='muted'>({esc(p.bound_by)})</span>",
@@ -315,14 +325,14 @@ def phases_table(a: Analysis) -> str:
             str(sum(p.tasks for p in a.phases)),
             fmt_s(a.wall_s),
             fmt_s(a.task_s),
-            fmt_x(a.speedup),
+            fmt_x(a.parallelism),
             "",
             str(a.slots),
             fmt_s(a.lower_bound_s),
             fmt_pct(a.efficiency),
         ]
     )
-    head = ["phase", "tasks", "wall", "task time", "speedup", "claimed", "slots"]
+    head = ["phase", "tasks", "wall", "task time", "parallelism", "claimed speedup", "slots"]
     head += ["lower bound", "efficiency"]
     return _table(head, rows, {1, 2, 3, 4, 5, 6, 8})
 
@@ -505,9 +515,11 @@ def cmd_report(root: str | None, run: str | None, html: str | None, as_json: boo
     try:
         run_id: str = journal.run(run)["id"]
         analysis = analyze(journal, run_id)
-        summary = summarize(journal, run_id)
+        summary, gone = as_seen(summarize(journal, run_id), project)
     finally:
         journal.close()
+    if gone is not None:  # the journal says running, but no engine is: say so
+        analysis = dataclasses.replace(analysis, status=summary.status)
     target = Path(html) if html else None
     if target is None and not as_json:
         target = default_report_path(project, run_id)

@@ -12,77 +12,27 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
 
-from ._engine import Prepared, Reporter, ResumeState, run_prepared
+from ._clock import Clock, WallClock
+from ._engine import Reporter, ResumeState, run_prepared
 from ._errors import UsageError
+from ._executors.base import Executor
+from ._executors.local import LocalExecutor
 from ._journal import Journal, journal_path
 from ._metrics import Summary
 from ._paths import find_root
 from ._plan import Plan, compile_plan
+from ._prepare import Prepared
+from ._runlock import run_lock
 from ._settings import Settings
-from ._workspace import Store
+from ._workspaces.shared import Store
 
 _UNFINISHED = ("running", "interrupted")
-
-
-def agent_groups(run_id: str, pgids: set[int]) -> set[int]:
-    """Process groups of this run's agents that are still alive."""
-    groups: set[int] = set()
-    for proc in psutil.process_iter(["pid", "environ"]):
-        try:
-            env = proc.info["environ"] or {}
-        except (psutil.Error, KeyError):
-            continue
-        if env.get("GUILDRUN_RUN_ID") == run_id:
-            with contextlib.suppress(ProcessLookupError):
-                groups.add(os.getpgid(proc.info["pid"]))
-    for pgid in pgids:
-        # A journaled group counts only if one of its members still carries our run id:
-        # after a reboot the number may belong to someone else.
-        with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
-            environ = Path(f"/proc/{pgid}/environ").read_bytes()
-            if f"GUILDRUN_RUN_ID={run_id}".encode() in environ.split(b"\0"):
-                groups.add(pgid)
-    groups.discard(os.getpgrp())
-    return groups
-
-
-def stop_groups(groups: set[int], grace: float) -> None:
-    """SIGTERM each group, then SIGKILL what is left after the grace period."""
-    for g in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(g, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while groups and time.monotonic() < deadline:
-        groups = {g for g in groups if _group_alive(g)}
-        time.sleep(0.02)
-    for g in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(g, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while any(_group_alive(g) for g in groups) and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # Zombies count as gone: their parent (the dead engine) is no longer there to reap them.
-    for proc in psutil.process_iter(["pid", "status"]):
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(proc.info["pid"]) == pgid and proc.info["status"] != "zombie":
-                return True
-    return False
 
 
 def _pick_run(journal: Journal, run_id: str | None) -> str:
@@ -109,6 +59,8 @@ def prepare_resume(
     *,
     plan: Plan | None = None,
     retry_failed: bool = False,
+    executor: Executor | None = None,
+    clock: Clock | None = None,
 ) -> tuple[Prepared, str, ResumeState]:
     """Stop leftover agents, roll back their attempts, and say what is left to do."""
     project = find_root(root)
@@ -131,9 +83,11 @@ def prepare_resume(
         attempts = journal.attempts(run_id)
         open_attempts = [a for a in attempts if a["status"] == "running"]
         pgids = {a["pgid"] for a in open_attempts if a["pgid"]}
-        stop_groups(agent_groups(run_id, pgids), settings.kill_grace)
+        # The executor that ran them finds what is left (processes, actors) and stops it.
+        finder = executor or LocalExecutor()
+        finder.stop(finder.leftovers(run_id, sorted(pgids)), settings.kill_grace)
         store = Store(project)
-        now = time.time()
+        now = (clock or WallClock()).now()
         with journal.transaction():
             for a in open_attempts:
                 snap = journal.snapshot(run_id, a["task_id"], a["attempt"])
@@ -179,18 +133,30 @@ async def resume_async(
     handle_signals: bool = True,
     crash_after_commit: int | None = None,
     own_files: Iterable[str] = (),
+    executor: Executor | None = None,
+    clock: Clock | None = None,
 ) -> Summary:
-    """Continue an interrupted run (the latest one when `run_id` is None)."""
-    prepared, rid, state = prepare_resume(root, run_id, plan=plan, retry_failed=retry_failed)
-    return await run_prepared(
-        prepared,
-        reporter=reporter,
-        handle_signals=handle_signals,
-        run_id=rid,
-        resume=state,
-        crash_after_commit=crash_after_commit,
-        own_files=own_files,
-    )
+    """Continue an interrupted run (the latest one when `run_id` is None).
+
+    The project's engine lock is taken before the journal is touched, so a second
+    resume (or a run) at the same time is refused cleanly instead of racing on it.
+    """
+    project = find_root(root)
+    with run_lock(project, run_id or "resume"):
+        prepared, rid, state = prepare_resume(
+            project, run_id, plan=plan, retry_failed=retry_failed, executor=executor, clock=clock
+        )
+        return await run_prepared(
+            prepared,
+            reporter=reporter,
+            handle_signals=handle_signals,
+            run_id=rid,
+            resume=state,
+            crash_after_commit=crash_after_commit,
+            own_files=own_files,
+            executor=executor,
+            clock=clock,
+        )
 
 
 def rollback(

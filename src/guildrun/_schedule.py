@@ -31,6 +31,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from ._plan import PHASES, CompiledPlan, TaskSpec, topological_order
+from ._policies.limiter import Limiter
 
 
 class State(StrEnum):
@@ -312,6 +313,8 @@ class Scheduler:
         self.plan = plan
         self.tasks: Sequence[TaskSpec] = plan.tasks
         self.limits = dict(limits)
+        # Admission per specialist, checked at every start; `set_limit` changes it mid-run.
+        self.limiters = {s: Limiter(max(1, limits[s])) for s in plan.specialists}
         self.total = total
         self.strategy = strategy or WorkStealing()
         self.clock = clock
@@ -399,6 +402,11 @@ class Scheduler:
 
     def limit(self, specialist: str) -> int:
         return self.limits[specialist]
+
+    def set_limit(self, specialist: str, tokens: int) -> None:
+        """Let at most `tokens` tasks of `specialist` run at once from the next start on
+        (never above its configured limit, never below one). Running tasks go on."""
+        self.limiters[specialist].total_tokens = min(tokens, self.limits[specialist])
 
     def plan_instances(self) -> dict[str, list[list[str]]]:
         """The initial deal of every phase, pile by pile, concatenated per instance."""
@@ -499,6 +507,7 @@ class Scheduler:
         inst.running = None
         self.running -= 1
         self.running_by[inst.specialist] -= 1
+        self.limiters[inst.specialist].release_on_behalf_of(task_id)
         if self._alone == i:
             self._alone = None
         if retry or solo:
@@ -664,6 +673,8 @@ class Scheduler:
     def _try_start(self, inst: Instance) -> bool:
         if self._ready_count[inst.specialist] == 0:
             return False
+        if self.limiters[inst.specialist].available_tokens == 0:
+            return False
         picked = self.strategy.pick(self, inst)
         if picked is None:
             return False
@@ -710,6 +721,7 @@ class Scheduler:
         inst.running = i
         self.running += 1
         self.running_by[inst.specialist] += 1
+        self.limiters[inst.specialist].acquire_on_behalf_of(self.tasks[i].id)
         self.instance_of[i] = inst.name
         if victim is not None:
             self.stolen_from[i] = victim.name
@@ -797,6 +809,8 @@ class Scheduler:
                     return started
                 if not inst.idle or self._ready_count[spec] > 0:
                     continue
+                if self.limiters[spec].available_tokens == 0:
+                    continue
                 for other in others:
                     if self._ready_count[other] == 0:
                         continue
@@ -829,7 +843,7 @@ class Scheduler:
                 continue
             if insts and not self.strategy.scales:
                 continue
-            if len(insts) >= self.limits[spec]:
+            if len(insts) >= self.limits[spec] or self.limiters[spec].available_tokens == 0:
                 continue
             if self.alive >= self.total and not self._preempt(spec):
                 continue

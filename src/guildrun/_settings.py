@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._errors import UsageError
-from ._retry import RetrySettings
+from ._policies.retry import RetrySettings
 
 Strategy = Literal["work-stealing", "round-robin", "longest-first", "auto"]
 STRATEGIES: tuple[str, ...] = ("work-stealing", "round-robin", "longest-first", "auto")
@@ -118,15 +118,20 @@ def read_project_config(root: Path) -> tuple[dict[str, Any], str | None]:
         section = data.get("settings", data)
         if not isinstance(section, dict):
             raise UsageError(f"{own}: settings: expected a table")
-        return dict(section), str(own)
+        return _without_specialists(section), str(own)
     pyproject = root / "pyproject.toml"
     if pyproject.is_file():
         data = _read_toml(pyproject)
         tool = data.get("tool", {})
         section = tool.get("guildrun") if isinstance(tool, dict) else None
         if isinstance(section, dict):
-            return dict(section), f"{pyproject} [tool.guildrun]"
+            return _without_specialists(section), f"{pyproject} [tool.guildrun]"
     return {}, None
+
+
+def _without_specialists(section: Mapping[str, Any]) -> dict[str, Any]:
+    """The project's specialists sit beside its settings; `_project.py` reads them."""
+    return {k: v for k, v in section.items() if k != "specialists"}
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import heapq
 import json
-import sqlite3
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._journal import durations_by_work
 from ._plan import CompiledPlan
 from ._schedule import (
     STRATEGY_NAMES,
@@ -178,21 +178,10 @@ def estimates(plan: CompiledPlan, journal_file: Path | None) -> tuple[dict[str, 
 
 
 def _history(path: Path) -> tuple[dict[tuple[str, str], float], dict[str, float]]:
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        rows = db.execute(
-            "SELECT t.specialist, t.files_json, a.ended - a.started FROM attempts a"
-            " JOIN tasks t ON t.run_id = a.run_id AND t.id = a.task_id"
-            " WHERE a.status = 'ok' AND a.ended IS NOT NULL"
-        ).fetchall()
-    except sqlite3.Error:
-        return {}, {}
-    finally:
-        db.close()
     exact: dict[tuple[str, str], list[float]] = {}
     by_spec: dict[str, list[float]] = {}
-    for spec, files_json, d in rows:
-        files = json.dumps(sorted(json.loads(files_json)))
+    for spec, owned, d in durations_by_work(path):
+        files = json.dumps(sorted(owned))
         exact.setdefault((spec, files), []).append(d)
         by_spec.setdefault(spec, []).append(d)
     return (

@@ -1,6 +1,6 @@
-"""A task's effect on the files, as a unit that can be captured, checked and undone.
+"""The shared tree: every task works in the project itself (the first `Workspace`).
 
-Three pieces:
+A task's effect is a unit that can be captured, checked and undone, from three pieces:
 - `Store`: content-addressed blobs under .guildrun/objects, deduplicated. A manifest
   maps paths to blob hashes (None: the file did not exist), so "the files before this
   task" is a small dict and restoring it is exact, in a folder that is not a git
@@ -28,13 +28,14 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._paths import STATE_DIR
+from .._paths import STATE_DIR
+from .base import Check, Manifest, Workspace
+from .ownership import Ownership
 
-Manifest = dict[str, str | None]
 _WRITES = frozenset({"created", "modified", "deleted", "moved", "closed"})
 _SKIP = (".git", STATE_DIR)
 
@@ -497,3 +498,132 @@ class Watcher:
     def stop(self) -> None:
         self.observer.stop()
         self.observer.join(timeout=5)
+
+
+class SharedTree(Workspace):
+    """Tasks share the project's tree; ownership is checked by inotify and a baseline.
+
+    With several tasks running, a write outside every running task's files cannot be
+    pinned on one of them: it is undone and reported with the tasks that were running
+    (`Check.stray`). When only one task ran since the last check, it is to blame.
+    """
+
+    def __init__(self, root: Path, ownership: Ownership, *, check: bool = True) -> None:
+        self.root = root
+        self.rules = ownership
+        self.checking = check
+        self.store = Store(root)
+        self.baseline: Baseline | None = None
+        self.watcher: Watcher | None = None
+        self._before: dict[str, Manifest] = {}
+        self._ran_since_check: set[str] = set()
+        self._carry: set[str] = set()
+        self._pending: dict[str, set[str]] = {}  # unowned change -> who may have made it
+
+    def open(self) -> list[str]:
+        if not self.checking:
+            return []
+        self.baseline = Baseline.take(self.root, self.store)
+        try:
+            self.watcher = Watcher(self.root)
+        except OSError as exc:
+            # Out of inotify watches (a huge tree): compare the tree at each check.
+            return [f"watcher unavailable: {exc}"]
+        return []
+
+    def workdir(self, instance: str) -> Path:
+        return self.root
+
+    def before(self, task: str, files: Sequence[str]) -> Manifest | None:
+        self._ran_since_check.add(task)
+        if not files:
+            self._before.pop(task, None)
+            return None
+        manifest = self.store.capture(files)
+        self._before[task] = manifest
+        return manifest
+
+    def check(self, ended: Sequence[str], running: Collection[str]) -> Check:
+        """Judge what changed since the last check.
+
+        A change nobody may make is not judged while a task that could have made it is
+        still running: tools write temporary files and rename them over their own files
+        (`sed -i`, editors, formatters), and undoing such a file mid-write breaks the
+        tool. It is judged once every suspect has ended; by then a temporary file is
+        usually gone, and what is left is undone, and blamed when one task alone could
+        have made it.
+        """
+        out = Check(touched={t: [] for t in ended})
+        if self.baseline is None:
+            return out
+        changed = self.watcher.take() if self.watcher is not None else None
+        if changed is None:  # the watcher fell behind: compare the whole tree instead
+            changed = self._rescan()
+        changed |= self._carry
+        changed = self.baseline.expand(changed)
+        self._carry = set()
+        suspects = self._ran_since_check | set(ended)
+        rules = self.rules
+        for path in sorted(changed):
+            if rules.ignored(path):
+                continue
+            if any(rules.allowed(t, path) for t in running):
+                self._carry.add(path)  # judged when its owner ends
+                continue
+            owners = [t for t in ended if rules.allowed(t, path)]
+            if owners:
+                for t in owners:
+                    out.touched[t].append(path)
+                continue
+            self._pending.setdefault(path, set()).update(suspects)
+        self._ran_since_check = set(running)
+        self._judge(out, set(ended), set(running))
+        return out
+
+    def _judge(self, out: Check, ended: set[str], running: set[str]) -> None:
+        assert self.baseline is not None
+        blamed: set[str] = set()
+        for path in sorted(self._pending):
+            who = self._pending[path]
+            if who & running:
+                continue  # a task that may have made it is still at work
+            del self._pending[path]
+            if not self.baseline.differs(path):
+                continue  # a temporary file, gone again
+            self.baseline.restore(path)
+            if len(who) == 1 and who <= ended:
+                out.violations.setdefault(next(iter(who)), []).append(path)
+            else:
+                out.stray.append(path)
+                blamed |= who
+        out.suspects = sorted(blamed)
+
+    def _rescan(self) -> set[str]:
+        assert self.baseline is not None
+        seen = {rel: Stat.of(st, self.root / rel) for rel, st in walk(self.root)}
+        index = self.baseline.index
+        changed = {p for p, s in seen.items() if index.get(p) != s}
+        changed |= set(index) - set(seen)
+        return changed
+
+    def accept(self, task: str, files: Sequence[str], touched: Iterable[str]) -> Manifest | None:
+        after = self.store.capture(files) if files else None
+        if self.baseline is not None:
+            for path in {*files, *touched}:
+                self.baseline.accept(path)
+        return after
+
+    def undo(self, task: str, extra: Iterable[str] = ()) -> None:
+        manifest = self._before.get(task)
+        if manifest:
+            self.store.restore(manifest)
+        if self.baseline is not None:
+            for path in extra:
+                if path not in (manifest or {}) and self.baseline.differs(path):
+                    self.baseline.restore(path)
+
+    def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.baseline is not None:
+            self.baseline.pack.close()

@@ -1,0 +1,1 @@
+"""Executors: where and how attempts run (see base.py for the seam)."""

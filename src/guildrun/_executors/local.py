@@ -1,0 +1,371 @@
+"""The local executor: attempts as processes (or Python callables) on this machine.
+
+Commands run in their own process group, watched through a pidfd, their output drained
+by the event loop into lazily made log files; Python callables run on the loop or in a
+worker thread. The executor remembers the process groups it started, so it can sample
+their resources and, after a crash, find and stop what a dead engine left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import functools
+import importlib
+import inspect
+import os
+import shutil
+import signal
+import subprocess
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .._monitor import Monitor, Sample
+from .base import Ending, Executor, InstanceSpec, Job, Outcome
+
+RESULT_LIMIT = 1 << 20  # a result kept in the journal is cut at 1 MiB
+
+
+def read_result(job: Job, stdout_fallback: bool) -> str | None:
+    """The task's result: the file it wrote to $GUILDRUN_RESULT, else its stdout."""
+    for path in (job.context.result_path, job.stdout_path if stdout_fallback else None):
+        # A stat is far cheaper than a raised FileNotFoundError on the hot path.
+        if path is None or not path.exists():
+            continue
+        with path.open("rb") as fh:
+            data = fh.read(RESULT_LIMIT)
+        return data.decode("utf-8", errors="replace")
+    return None
+
+
+class _Sink:
+    """One output stream of a task: a pipe the engine drains into a log file.
+
+    The file is made on the first byte, because on a real disk creating two empty files
+    costs more than running a trivial task. The first RESULT_LIMIT bytes are also kept
+    in memory, so stdout as a result needs no read back.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, path: Path) -> None:
+        self.loop = loop
+        self.fd = fd
+        self.path = path
+        self.out = -1
+        self.kept = bytearray()
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, self._read)
+
+    def _read(self) -> None:
+        try:
+            data = os.read(self.fd, 1 << 16)
+        except BlockingIOError:
+            return
+        if data:
+            self._write(data)
+        else:
+            self.close()
+
+    def _write(self, data: bytes) -> None:
+        if self.out < 0:
+            self.out = os.open(self.path, _OUT_FLAGS | os.O_CLOEXEC, 0o644)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.out, view) :]
+        room = RESULT_LIMIT - len(self.kept)
+        if room > 0:
+            self.kept += data[:room]
+
+    def drain(self) -> None:
+        """Read what is left; called once every writer is dead, so it ends at EOF."""
+        while self.fd >= 0:
+            try:
+                data = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            self._write(data)
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.loop.remove_reader(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+        if self.out >= 0:
+            os.close(self.out)
+            self.out = -1
+
+
+class LocalExecutor(Executor):
+    """Attempts as local processes or in-process callables.
+
+    A command runs (never through a shell unless the plan said so) in its own process
+    group. Its exit is watched through a pidfd: when it fires the leader is a zombie, its
+    pid cannot be reused, and the whole group can be killed safely before the zombie is
+    reaped, so no child or grandchild of the task outlives it.
+    """
+
+    def __init__(
+        self,
+        callables: Mapping[str, Callable[..., Any]] | None = None,
+        *,
+        monitor: Monitor | None = None,
+    ) -> None:
+        self.callables = dict(callables or {})
+        self.monitor = monitor
+        # Encoded once: Popen would otherwise encode ~100 variables for every task.
+        self._base_env = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
+        self._env: dict[str, dict[bytes, bytes]] = {}
+        self._instance_env: dict[str, dict[bytes, bytes]] = {}
+        self._groups: dict[str, int] = {}  # running task -> process group
+
+    def open_instance(self, spec: InstanceSpec) -> None:
+        env = self._env.get(spec.specialist)
+        if env is None:
+            env = {**self._base_env}
+            env.update({os.fsencode(k): os.fsencode(v) for k, v in spec.env.items()})
+            self._env[spec.specialist] = env
+        self._instance_env[spec.name] = env
+
+    def close_instance(self, name: str) -> None:
+        self._instance_env.pop(name, None)
+
+    async def run(self, job: Job) -> Outcome:
+        if job.argv is None:
+            return await self._call(job)
+        return await self._command(job)
+
+    def _env_for(self, job: Job) -> dict[bytes, bytes]:
+        ctx = job.context
+        base = self._instance_env.get(ctx.instance)
+        if base is None:
+            base = self._base_env
+        env = base.copy()
+        for k, v in job.env.items():
+            env[k.encode()] = os.fsencode(v)
+        return env
+
+    async def _command(self, job: Job) -> Outcome:
+        assert job.argv is not None
+        loop = asyncio.get_running_loop()
+        clock = self.clock
+        started = clock.now()
+        env = self._env_for(job)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            # A relative program path is resolved against the task's directory, like a shell.
+            proc = subprocess.Popen(  # noqa: ASYNC220 - only forks and execs
+                job.argv,
+                executable=_which(job.argv[0], env.get(b"PATH"), job.context.workdir),
+                cwd=job.context.workdir,
+                env=env,  # bytes keys and values, pre-encoded
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
+                start_new_session=True,
+            )
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or env
+            for fd in (out_r, out_w, err_r, err_w):
+                os.close(fd)
+            msg = f"cannot start {job.argv[0]!r}: {getattr(exc, 'strerror', None) or exc}"
+            job.stderr_path.write_text(msg + "\n")
+            return Outcome(Ending.ERROR, started, clock.now(), error=msg)
+        os.close(out_w)
+        os.close(err_w)
+        # We reap the pid ourselves below; tell Popen so it does not try again.
+        pid, proc.returncode = proc.pid, 0
+        sinks = (_Sink(loop, out_r, job.stdout_path), _Sink(loop, err_r, job.stderr_path))
+        task = job.context.task_id
+        self._groups[task] = pid
+        if self.on_spawn is not None:
+            self.on_spawn(task, job.context.attempt, pid)
+        pidfd = os.pidfd_open(pid)
+        exited = loop.create_future()
+
+        def _ready() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(pidfd, _ready)
+        status = Ending.DONE
+        error: str | None = None
+        try:
+            try:
+                if job.timeout is None:
+                    await exited
+                else:
+                    await asyncio.wait_for(asyncio.shield(exited), timeout=job.timeout)
+            except TimeoutError:
+                status, error = Ending.TIMED_OUT, f"timed out after {job.timeout:g}s"
+                await _stop_group(pid, exited, job.kill_grace)
+            except asyncio.CancelledError:
+                await asyncio.shield(_stop_group(pid, exited, job.kill_grace))
+                raise
+        finally:
+            self._groups.pop(task, None)
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            _kill_group(pid, signal.SIGKILL)
+            # The pidfd said it exited: this waitpid returns at once.
+            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])  # noqa: ASYNC222
+            for sink in sinks:
+                sink.drain()
+        ended = clock.now()
+        if status is Ending.DONE and code != 0:
+            status = Ending.FAILED
+            error = f"exit status {code}" if code > 0 else f"killed by signal {-code}"
+        result = None
+        if status is Ending.DONE:
+            result = read_result(job, stdout_fallback=False)
+            if result is None:
+                result = sinks[0].kept.decode("utf-8", errors="replace")
+        return Outcome(status, started, ended, exit_code=code, error=error, result=result, pgid=pid)
+
+    async def _call(self, job: Job) -> Outcome:
+        """Call the specialist's function with the TaskContext; a string it returns is
+        the result.
+
+        Async functions run on the engine's loop and are cancelled at their timeout. Sync
+        functions run in a worker thread; Python cannot stop a thread, so at its timeout
+        the attempt is failed and the thread is left to finish in the background.
+        """
+        func = self.callables[job.context.specialist]
+        clock = self.clock
+        started = clock.now()
+        call: Awaitable[Any]
+        if inspect.iscoroutinefunction(func):
+            call = func(job.context)
+        else:
+            call = asyncio.to_thread(func, job.context)
+        try:
+            value = await asyncio.wait_for(call, timeout=job.timeout)
+        except TimeoutError:
+            return Outcome(
+                Ending.TIMED_OUT, started, clock.now(), error=f"timed out after {job.timeout:g}s"
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            with job.stderr_path.open("w") as fh:
+                traceback.print_exception(exc, file=fh)
+            return Outcome(
+                Ending.FAILED, started, clock.now(), error=f"{type(exc).__name__}: {exc}"
+            )
+        ended = clock.now()
+        result = value if isinstance(value, str) else read_result(job, stdout_fallback=False)
+        if result is None and value is not None:
+            result = str(value)
+        return Outcome(Ending.DONE, started, ended, result=result)
+
+    # ------------------------------------------------------------ resources and leftovers
+
+    def sample(self, now: float) -> Sample | None:
+        """CPU and memory of the machine and of each running task's process tree."""
+        if self.monitor is None:
+            return None
+        return self.monitor.take(now, dict(self._groups))
+
+    def leftovers(self, run_id: str, groups: Sequence[int]) -> set[int]:
+        return agent_groups(run_id, set(groups))
+
+    def stop(self, groups: set[int], grace: float) -> None:
+        stop_groups(groups, grace)
+
+
+_OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+
+
+@functools.lru_cache(maxsize=256)
+def _which(program: str, path: bytes | None, cwd: Path) -> str:
+    """Resolve a command name once, as the child's PATH would; Popen would search every time."""
+    if "/" in program:
+        return str(cwd / program)  # an absolute program stays itself
+    found = shutil.which(program, path=os.fsdecode(path) if path is not None else os.defpath)
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, "not found on PATH", program)
+    return found
+
+
+def _kill_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+async def _stop_group(pgid: int, exited: asyncio.Future[None], grace: float) -> None:
+    _kill_group(pgid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(asyncio.shield(exited), timeout=grace)
+    except TimeoutError:
+        _kill_group(pgid, signal.SIGKILL)
+        await exited
+
+
+def load_callable(ref: str) -> Callable[..., Any]:
+    module_name, _, attr = ref.partition(":")
+    module = importlib.import_module(module_name)
+    fn = getattr(module, attr)
+    if not callable(fn):
+        raise TypeError(f"{ref} is not callable")
+    return fn  # type: ignore[no-any-return]
+
+
+def agent_groups(run_id: str, pgids: set[int]) -> set[int]:
+    """Process groups of this run's agents that are still alive."""
+    groups: set[int] = set()
+    for proc in psutil.process_iter(["pid", "environ"]):
+        try:
+            env = proc.info["environ"] or {}
+        except (psutil.Error, KeyError):
+            continue
+        if env.get("GUILDRUN_RUN_ID") == run_id:
+            with contextlib.suppress(ProcessLookupError):
+                groups.add(os.getpgid(proc.info["pid"]))
+    for pgid in pgids:
+        # A journaled group counts only if one of its members still carries our run id:
+        # after a reboot the number may belong to someone else.
+        with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+            environ = Path(f"/proc/{pgid}/environ").read_bytes()
+            if f"GUILDRUN_RUN_ID={run_id}".encode() in environ.split(b"\0"):
+                groups.add(pgid)
+    groups.discard(os.getpgrp())
+    return groups
+
+
+def stop_groups(groups: set[int], grace: float) -> None:
+    """SIGTERM each group, then SIGKILL what is left after the grace period."""
+    for g in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(g, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while groups and time.monotonic() < deadline:
+        groups = {g for g in groups if _group_alive(g)}
+        time.sleep(0.02)
+    for g in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(g, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while any(_group_alive(g) for g in groups) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # Zombies count as gone: their parent (the dead engine) is no longer there to reap them.
+    for proc in psutil.process_iter(["pid", "status"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(proc.info["pid"]) == pgid and proc.info["status"] != "zombie":
+                return True
+    return False

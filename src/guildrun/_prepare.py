@@ -1,0 +1,134 @@
+"""Everything that can be wrong, checked before anything runs: a `Prepared` plan.
+
+A plan is loaded, its settings resolved by precedence, compiled against the project
+root (paths proven inside it, references resolved), its limits fixed (or chosen from
+the size of the work with --auto) and its strategy chosen (`auto` asks the simulator).
+Strategy and retry objects given in code (`guildrun.run(plan, strategy=LongestFirst())`)
+take the place of the settings' names here, so they reach the scheduler as given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._errors import PlanError
+from ._executors.local import load_callable
+from ._journal import journal_path
+from ._paths import find_root
+from ._plan import CompiledPlan, Plan, SpecialistSpec, compile_plan, load_plan
+from ._policies.retry import RetryPolicy
+from ._schedule import Distribution, distribution
+from ._settings import Settings, read_project_config, resolve_settings
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A plan ready to run: compiled against its root with settings resolved."""
+
+    plan: CompiledPlan
+    source: Plan
+    root: Path
+    settings: Settings
+    limits: dict[str, int]
+    notes: tuple[str, ...] = ()
+    strategy: Distribution | None = None  # an object given in code, else settings.strategy
+    retry: RetryPolicy | None = None  # a policy given in code, for every task
+
+    def distribution(self) -> Distribution:
+        return self.strategy if self.strategy is not None else distribution(self.settings.strategy)
+
+
+# The seed's complexity table: (class, most tasks, fewest agents, most agents).
+SIZE_CLASSES = (
+    ("simple", 5, 2, 3),
+    ("medium", 20, 5, 10),
+    ("large", 100, 10, 20),
+)
+
+
+def adaptive_limits(n_tasks: int, n_specialists: int, ceiling: int) -> tuple[int, int, str]:
+    """Instance limits from the size of the work, as the seed's complexity table says."""
+    for name, most, low, high in SIZE_CLASSES:
+        if n_tasks <= most:
+            total = min(ceiling, high, max(low, (n_tasks + 1) // 2), max(1, n_tasks))
+            why = f"{name} work ({n_tasks} tasks, at most {most}): {low}-{high} agents"
+            break
+    else:
+        total = ceiling
+        why = f"enterprise work ({n_tasks} tasks, over 100): up to the limit of {ceiling}"
+    per_type = min(total, max(3, -(-total // max(1, n_specialists))))
+    return total, per_type, why
+
+
+def prepare(
+    plan: Plan | str | Path,
+    *,
+    root: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    auto: bool = False,
+    strategy: Distribution | None = None,
+    retry: RetryPolicy | None = None,
+) -> Prepared:
+    """Load, check and resolve everything that can be wrong before anything runs."""
+    project_root = find_root(root)
+    model = plan if isinstance(plan, Plan) else load_plan(plan, check=False)
+    project, project_source = read_project_config(project_root)
+    settings = resolve_settings(
+        plan=model.settings,
+        project=project,
+        project_source=project_source,
+        env=env,
+        overrides=overrides,
+    )
+    compiled = compile_plan(model, project_root, settings)
+    notes: list[str] = []
+    if auto:
+        used = {t.specialist for t in compiled.tasks}
+        total, per_type, why = adaptive_limits(
+            len(compiled.tasks), len(used), settings.total_parallel
+        )
+        settings = settings.model_copy(update={"total_parallel": total, "per_agent_type": per_type})
+        notes.append(f"--auto: {why}; total_parallel {total}, per_agent_type {per_type}")
+    limits = {
+        name: min(spec.instances or settings.per_agent_type, settings.total_parallel)
+        for name, spec in compiled.specialists.items()
+    }
+    if strategy is None and settings.strategy == "auto":
+        from ._simulate import estimates, predict
+
+        durations, source = estimates(compiled, journal_path(project_root))
+        has_estimates = not source.startswith("none")
+        chosen = "work-stealing"
+        if has_estimates:
+            ranked = predict(compiled, durations, limits=limits, total=settings.total_parallel)
+            chosen = min(ranked, key=lambda p: (p.wall, p.strategy != "work-stealing")).strategy
+        settings = settings.model_copy(update={"strategy": chosen})
+        notes.append(
+            f"strategy auto: {chosen} "
+            + (
+                "(best predicted wall time; estimates: " + source + ")"
+                if has_estimates
+                else "(no estimates: work stealing)"
+            )
+        )
+    compiled = CompiledPlan(
+        compiled.tasks, compiled.specialists, settings, compiled.source, compiled.by_id
+    )
+    return Prepared(compiled, model, project_root, settings, limits, tuple(notes), strategy, retry)
+
+
+def specialist_callable(spec: SpecialistSpec, source: str | None) -> Callable[..., Any]:
+    """Import a `python: module:function` specialist; failing that is bad input (exit 2)."""
+    assert spec.python is not None
+    try:
+        return load_callable(spec.python)
+    except Exception as exc:  # any import-time error of the user's module
+        raise PlanError(
+            f"cannot load {spec.python!r}: {type(exc).__name__}: {exc}",
+            file=source,
+            field=f"specialists.{spec.name}.python",
+        ) from None
