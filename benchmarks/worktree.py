@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from guildrun._workspace import Store
+from guildrun._workspaces.shared import Store
 from guildrun._worktree import WorktreeSet
 
 from ._common import Mode, Section, project

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .._errors import UsageError
 from .._git import Git
+from .._statedir import ensure_state_dir
 from ._apply import Applied, apply_branch
 from ._base import RunBase, take_base, user_head
 from ._gates import Bisection, Gate, GateResult, Gates
@@ -62,10 +63,7 @@ class WorktreeSet:
     def open(self, *, allow_dirty: bool = False) -> RunBase:
         """Run start: fix the base (refusing a dirty tree unless allowed), make the
         integration branch and worktree, and fingerprint the repository's git folder."""
-        self.layout.state.mkdir(parents=True, exist_ok=True)
-        ignore = self.layout.state / ".gitignore"
-        if not ignore.exists():
-            ignore.write_text("*\n")  # guildrun's folder is never part of the user's tree
+        ensure_state_dir(self.root)  # with its `.gitignore`: never part of the user's tree
         top = self.git.run("rev-parse", "--show-toplevel", check=False)
         if top.returncode != 0 or Path(top.text).resolve() != self.root:
             raise UsageError(
