@@ -83,6 +83,7 @@ def test_patch_holds_binary_mode_and_deletion_and_refuses_the_rest(tmp_path: Pat
         fh.write('[core]\n\tfsmonitor = "touch planted"\n')
     hook = repo / ".git" / "hooks" / "pre-commit"
     hook.write_text("#!/bin/sh\ntouch planted\n")
+    (repo / ".git" / "info" / "attributes").write_text("* filter=planted\n")
     may = owns("blob.bin", "tool.sh", "old.txt", "escape")
     patch = ws.commit_task("w", "t1", may)
     got = {(c.path, c.status) for c in patch.changes}
@@ -93,9 +94,11 @@ def test_patch_holds_binary_mode_and_deletion_and_refuses_the_rest(tmp_path: Pat
     assert ("escape", "link-outside") in kinds
     assert (".git/config", "git-internals") in kinds
     assert (".git/hooks/pre-commit", "git-internals") in kinds
+    assert (".git/info/attributes", "git-internals") in kinds
     # Put back, and never committed.
     assert config.read_bytes() == config_before
     assert not hook.exists()
+    assert not (repo / ".git" / "info" / "attributes").exists()
     assert patch.commit is not None
     blob = subprocess.run(
         ["git", "cat-file", "blob", f"{patch.commit}:blob.bin"],

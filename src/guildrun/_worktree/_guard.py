@@ -47,10 +47,11 @@ class Entry:
     kind: str  # "file", "link", "other"
     mode: int
     data: bytes | None  # None when larger than MAX_KEPT or not a file
+    stamp: str = ""  # for what is not kept: size and change time (no one can set ctime back)
 
     def to_json(self) -> dict[str, object]:
         data = None if self.data is None else base64.b64encode(self.data).decode()
-        return {"kind": self.kind, "mode": self.mode, "data": data}
+        return {"kind": self.kind, "mode": self.mode, "data": data, "stamp": self.stamp}
 
     @classmethod
     def from_json(cls, raw: dict[str, object]) -> Entry:
@@ -59,6 +60,7 @@ class Entry:
             str(raw["kind"]),
             int(str(raw["mode"])),
             None if data is None else base64.b64decode(str(data)),
+            str(raw.get("stamp", "")),
         )
 
 
@@ -70,14 +72,15 @@ def _entry(path: Path) -> Entry | None:
         return None
     if stat_mod.S_ISLNK(st.st_mode):
         return Entry("link", st.st_mode, os.fsencode(path.readlink()))
+    stamp = f"{st.st_ino}:{st.st_size}:{st.st_ctime_ns}"
     if not stat_mod.S_ISREG(st.st_mode):
-        return Entry("other", st.st_mode, None)
+        return Entry("other", st.st_mode, None, stamp)
     if st.st_size > MAX_KEPT:
-        return Entry("file", st.st_mode, None)
+        return Entry("file", st.st_mode, None, stamp)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
-        return Entry("other", st.st_mode, None)
+        return Entry("other", st.st_mode, None, stamp)
     with os.fdopen(fd, "rb") as fh:
         return Entry("file", st.st_mode, fh.read(MAX_KEPT + 1))
 

@@ -268,11 +268,9 @@ class WorktreeSet:
 
     def _take_guard(self) -> Fingerprint:
         common = self._common_dir()
-        return Fingerprint.take(
-            self.root,
-            [common / "config", common / "config.worktree", common / "objects/info/alternates"],
-            [common / "hooks", common / "info"],
-        )
+        files = ["config", "config.worktree", "objects/info/alternates", "commondir"]
+        files += [f"info/{name}" for name in ("attributes", "exclude", "grafts", "sparse-checkout")]
+        return Fingerprint.take(self.root, [common / f for f in files], [common / "hooks"])
 
     def _guard_file(self) -> Path:
         return self.layout.run_dir / "guard" / "repository.json"
