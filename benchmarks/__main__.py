@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from . import callables, phases, scale, schedule, seed_table, trivial, utilization
+from . import callables, phases, scale, schedule, seed_table, trivial, utilization, worktree
 from ._common import Mode, Section
 from ._report import print_report, write_doc
 
@@ -19,6 +19,7 @@ SCENARIOS: dict[str, Callable[[Mode], Section]] = {
     "utilization": utilization.run,
     "phases": phases.run,
     "scale": scale.run,
+    "worktree": worktree.run,
 }
 
 

@@ -35,6 +35,7 @@ def test_quick_mode_runs_every_scenario() -> None:
         "5. Coordination overhead",
         "6. The seed's phase",
         "7. Scale",
+        "8. Worktree mode",
     ):
         assert title in out
     assert "== Targets (quick mode" in out
