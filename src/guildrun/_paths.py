@@ -10,7 +10,6 @@ import os
 import posixpath
 import re
 import stat
-import subprocess
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,18 +26,13 @@ def find_root(explicit: str | Path | None = None, cwd: Path | None = None) -> Pa
     if explicit is not None:
         return Path(explicit).resolve()
     here = (cwd or Path.cwd()).resolve()
+    from ._git import Git, GitError  # with the repository's own programs switched off
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        out = Git(here, timeout=10).run("rev-parse", "--show-toplevel", check=False)
+    except (OSError, GitError):
         return here
-    top = out.stdout.strip()
+    top = out.text
     return Path(top).resolve() if out.returncode == 0 and top else here
 
 

@@ -23,7 +23,6 @@ import os
 import shutil
 import sqlite3
 import stat as stat_mod
-import subprocess
 import tempfile
 import threading
 import time
@@ -32,6 +31,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._git import Git, GitError
 from .._paths import STATE_DIR
 from .base import Check, Manifest, Workspace
 from .ownership import Ownership
@@ -285,13 +285,7 @@ class Baseline:
             return None
         if rel in self.content:
             return self.pack.get(self.content[rel])
-        out = subprocess.run(
-            ["git", "cat-file", "blob", self.git_blobs[rel]],
-            cwd=self.root,
-            capture_output=True,
-            check=True,
-        )
-        return out.stdout
+        return Git(self.root).run("cat-file", "blob", self.git_blobs[rel]).stdout
 
     def _git_digest(self, rel: str) -> str | None:
         data = self.original(rel)
@@ -395,17 +389,12 @@ def _git_state(root: Path) -> tuple[dict[str, str], set[str]]:
     """Tracked files with their blob ids, and the files that differ from HEAD."""
     if not (root / ".git").exists():
         return {}, set()
+    # Through _git: a repository-configured fsmonitor, filter or hook never runs.
+    git = Git(root)
     try:
-        ls = subprocess.run(
-            ["git", "ls-files", "-s", "-z"], cwd=root, capture_output=True, check=True
-        )
-        st = subprocess.run(
-            ["git", "status", "--porcelain", "-z", "--untracked-files=all"],
-            cwd=root,
-            capture_output=True,
-            check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
+        ls = git.run("ls-files", "-s", "-z")
+        st = git.run("status", "--porcelain", "-z", "--untracked-files=all")
+    except (OSError, GitError):
         return {}, set()
     tracked: dict[str, str] = {}
     for rec in ls.stdout.split(b"\0"):
