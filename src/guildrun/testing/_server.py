@@ -261,4 +261,3 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             request.status = None
             self.close_connection = True
-
