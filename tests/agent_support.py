@@ -83,6 +83,9 @@ def drive(
         if key.startswith(_SCRUBBED):
             monkeypatch.delenv(key)
     monkeypatch.setenv("HOME", env["HOME"])
+    for key, value in env.items():
+        if key.startswith(_SCRUBBED):  # the provider settings a user would have exported
+            monkeypatch.setenv(key, value)
     invocation = preset.invocation(
         spec,
         prompt=prompt,
@@ -149,12 +152,17 @@ def git_repo(path: Path) -> Path:
     return path
 
 
-def group_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+def group_gone(pgid: int, within: float = 10) -> bool:
+    """No process of the group is left (orphans killed with it are reaped by init soon)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 def record(run: Run, name: str) -> None:

@@ -235,6 +235,86 @@ def test_missing_program_is_named(tmp_path: Path) -> None:
     )
 
 
+# -- codex ----------------------------------------------------------------------------
+
+
+def test_codex_reader_success_estimates_cost_from_tokens() -> None:
+    verdict, signals = replay("codex", "codex_write")
+    assert verdict.kind == "done"
+    assert verdict.result == "Wrote src/hello.py."
+    assert verdict.tokens == 2200 + 80
+    assert verdict.cost_estimated is True
+    assert verdict.cost_usd == pytest.approx((2200 * 1.25 + 80 * 10.0) / 1e6)
+    assert signals == [SessionStarted(verdict.session_id or "")]
+
+
+def test_codex_reader_prices_are_overridable() -> None:
+    from guildrun._agents.codex import Codex
+    from guildrun._agents.prices import PRICES, Price
+
+    preset = Codex(PRICES.merged({"my-model": Price(input=10.0, output=100.0)}))
+    reader = preset.reader(AgentSpec("codex", model="my-model-2025"))
+    for line in (DATA / "codex_write.jsonl").read_text().splitlines():
+        reader.feed(line)
+    assert reader.finish(0, "").cost_usd == pytest.approx((2200 * 10.0 + 80 * 100.0) / 1e6)
+
+
+def test_codex_reader_rate_limit() -> None:
+    verdict, signals = replay("codex", "codex_429")
+    limited = [s for s in signals if isinstance(s, RateLimited)]
+    assert [(s.status, s.attempt) for s in limited] == [(429, n) for n in range(1, 6)]
+    assert verdict.kind == "rate_limited"
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "words"),
+    [
+        ("codex_auth_refused", "auth", "OPENAI_API_KEY"),
+        ("codex_auth_missing", "auth", "OPENAI_API_KEY"),
+        ("codex_read_only", "failed", "changed no file"),
+    ],
+)
+def test_codex_reader_endings(name: str, kind: str, words: str) -> None:
+    verdict, _ = replay("codex", name)
+    assert verdict.kind == kind
+    assert words in (verdict.message or "")
+
+
+def test_codex_invocation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    (home / ".codex").mkdir(parents=True)
+    (home / ".codex" / "config.toml").write_text('model = "o4-mini"\n')
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("CODEX_HOME", raising=False)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    preset = PRESETS["codex"]
+    state = tmp_path / "state"
+    spec = AgentSpec("codex", model="gpt-5", system_prompt='say "hi"', flags=("--oss",))
+    inv = preset.invocation(
+        spec, prompt="-p", files=(), workdir=tmp_path, state_dir=state, resume_session="S1"
+    )
+    argv = inv.argv
+    assert argv[:6] == [
+        "codex",
+        "exec",
+        "--json",
+        "--skip-git-repo-check",
+        "--sandbox",
+        "workspace-write",
+    ]
+    assert argv[argv.index("--model") + 1] == "gpt-5"
+    assert 'developer_instructions="say \\"hi\\""' in argv
+    assert 'model_provider="guildrun"' in argv
+    assert any('base_url="http://127.0.0.1:9/v1"' in a for a in argv)
+    assert argv[-5:] == ["--oss", "resume", "S1", "--", "-p"]
+    assert inv.env == {"CODEX_HOME": str(state)}
+    assert (state / "config.toml").read_text() == 'model = "o4-mini"\n'
+    assert preset.check(AgentSpec("codex", permission_mode="acceptEdits"), None) == (
+        "codex permission_mode must be one of read-only, workspace-write, danger-full-access, "
+        "not 'acceptEdits'"
+    )
+
+
 # -- the scripted model server over real HTTP ---------------------------------------
 
 

@@ -19,5 +19,6 @@ from .base import SessionStarted as SessionStarted
 from .base import Signal as Signal
 from .base import Verdict as Verdict
 from .claude import Claude
+from .codex import Codex
 
-PRESETS: Mapping[str, Preset] = MappingProxyType({"claude": Claude()})
+PRESETS: Mapping[str, Preset] = MappingProxyType({"claude": Claude(), "codex": Codex()})

@@ -119,8 +119,8 @@ class Preset(Protocol):
         """The command line for one task; prepares `state_dir` (kept per instance)."""
         ...
 
-    def reader(self) -> Reader:
-        """A fresh reader for one run's output."""
+    def reader(self, spec: AgentSpec | None = None) -> Reader:
+        """A fresh reader for one run's output (the spec names the model, for its price)."""
         ...
 
 

@@ -97,7 +97,7 @@ class Claude:
         }
         return Invocation(argv=argv, env=env)
 
-    def reader(self) -> ClaudeReader:
+    def reader(self, spec: AgentSpec | None = None) -> ClaudeReader:
         return ClaudeReader()
 
 
