@@ -452,3 +452,79 @@ def test_tool_call_is_passed_through_unchanged() -> None:
     ) as server:
         _, _, raw = post(f"{server.url}/v1/messages", turn("x"))
         assert json.loads(sse_events(raw)[2][1]["delta"]["partial_json"])["file_path"] == "rel"
+
+
+# -- Claude Code subagent files ---------------------------------------------------------
+
+
+def write_agent(root: Path, name: str, text: str) -> Path:
+    folder = root / ".claude" / "agents"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def test_subagents_become_claude_specs(tmp_path: Path) -> None:
+    write_agent(
+        tmp_path,
+        "reviewer.md",
+        "---\nname: code-reviewer\ndescription: Reviews diffs\n"
+        "tools: Read, Grep, Bash(git diff:*)\nmodel: sonnet\n---\nYou review code.\n\nBe terse.\n",
+    )
+    write_agent(tmp_path, "plain.md", "---\nname: plain\ndescription: x\nmodel: inherit\n---\n")
+    (tmp_path / ".claude" / "agents" / "notes.txt").write_text("not an agent")
+    from guildrun._agents.subagents import discover
+
+    found = discover(tmp_path)
+    assert sorted(found) == ["code-reviewer", "plain"]
+    reviewer = found["code-reviewer"]
+    assert reviewer.description == "Reviews diffs"
+    assert reviewer.spec == AgentSpec(
+        "claude",
+        model="sonnet",
+        system_prompt="You review code.\n\nBe terse.",
+        tools=("Read", "Grep", "Bash(git diff:*)"),
+    )
+    assert found["plain"].spec == AgentSpec("claude")
+    assert discover(tmp_path / "nowhere") == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("no front matter\n", "reviewer.md:1: a subagent file starts with '---'"),
+        ("---\nname: x\n", "reviewer.md:1: the front matter has no closing '---'"),
+        ("---\nname: [x\n---\n", "reviewer.md:2: front matter is not valid YAML"),
+        ("---\nname: x\n---\n", "reviewer.md:1: description: must be a non-empty string"),
+        ("---\nname: a b\ndescription: d\n---\n", "reviewer.md:2: name: use letters"),
+        (
+            "---\nname: a\ndescription: d\ntools: 3\n---\n",
+            "reviewer.md:4: tools: a comma-separated",
+        ),
+        (
+            "---\nname: a\ndescription: d\ntools: [Read, 7]\n---\n",
+            "reviewer.md:4: tools: every tool",
+        ),
+    ],
+)
+def test_subagent_errors_name_file_field_and_line(tmp_path: Path, text: str, message: str) -> None:
+    from guildrun._agents.subagents import discover
+    from guildrun._errors import PlanError
+
+    write_agent(tmp_path, "reviewer.md", text)
+    with pytest.raises(PlanError) as caught:
+        discover(tmp_path)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert caught.value.exit_code == 2
+
+
+def test_subagent_names_are_unique(tmp_path: Path) -> None:
+    from guildrun._agents.subagents import discover
+    from guildrun._errors import PlanError
+
+    write_agent(tmp_path, "a.md", "---\nname: same\ndescription: d\n---\n")
+    write_agent(tmp_path, "b.md", "---\nname: same\ndescription: d\n---\n")
+    with pytest.raises(PlanError, match=r"b\.md:2: name: subagent 'same' is also defined in a\.md"):
+        discover(tmp_path)
