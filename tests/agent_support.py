@@ -110,7 +110,14 @@ def drive(
     )
     assert process.stdout is not None and process.stderr is not None
     err_chunks: list[str] = []
-    err_thread = threading.Thread(target=lambda: err_chunks.append(process.stderr.read()))  # type: ignore[union-attr]
+
+    def follow_stderr() -> None:
+        for line in process.stderr:  # type: ignore[union-attr]
+            err_chunks.append(line)
+            for sig in reader.feed_stderr(line):
+                signals.append((time.monotonic() - start, sig))
+
+    err_thread = threading.Thread(target=follow_stderr)
     err_thread.start()
 
     def follow() -> None:
@@ -173,3 +180,5 @@ def record(run: Run, name: str) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text("".join(run.lines))
         (Path(folder) / f"{name}.exit").write_text(f"{run.exit_code}\n")
+        if run.stderr:
+            (Path(folder) / f"{name}.stderr").write_text(run.stderr[-20_000:])

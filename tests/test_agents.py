@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from guildrun._agents import PRESETS, AgentSpec, RateLimited, SessionStarted, Signal, Verdict
+from guildrun._agents.prices import PRICES
 from guildrun.testing import Error, Hang, Malformed, ModelServer, Text, ToolCall, Usage, WriteFile
 
 DATA = Path(__file__).parent / "data" / "agents"
@@ -29,8 +30,12 @@ def replay(kind: str, name: str) -> tuple[Verdict, list[Signal]]:
     signals: list[Signal] = []
     for line in (DATA / f"{name}.jsonl").read_text().splitlines(keepends=True):
         signals += reader.feed(line)
+    stderr = DATA / f"{name}.stderr"
+    said = stderr.read_text() if stderr.exists() else ""
+    for line in said.splitlines(keepends=True):
+        signals += reader.feed_stderr(line)
     exit_code = int((DATA / f"{name}.exit").read_text())
-    return reader.finish(exit_code, ""), signals
+    return reader.finish(exit_code, said[-2000:]), signals
 
 
 def result_line(name: str) -> dict[str, Any]:
@@ -313,6 +318,78 @@ def test_codex_invocation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         "codex permission_mode must be one of read-only, workspace-write, danger-full-access, "
         "not 'acceptEdits'"
     )
+
+
+# -- gemini ---------------------------------------------------------------------------
+
+
+def test_gemini_reader_success() -> None:
+    verdict, signals = replay("gemini", "gemini_write")
+    stats = result_line("gemini_write")["stats"]
+    assert verdict.kind == "done"
+    assert verdict.result == "Wrote src/hello.py."
+    assert verdict.tokens == stats["total_tokens"]
+    expected = sum(
+        PRICES.price(model).cost(f["input_tokens"], f["output_tokens"], f["cached"])
+        for model, f in stats["models"].items()
+    )
+    assert verdict.cost_usd == pytest.approx(expected) and verdict.cost_estimated
+    assert signals == [SessionStarted(verdict.session_id or "")]
+
+
+def test_gemini_reader_rate_limit_from_stderr() -> None:
+    verdict, signals = replay("gemini", "gemini_429")
+    limited = [s for s in signals if isinstance(s, RateLimited)]
+    assert [(s.status, s.attempt) for s in limited] == [(429, 1), (429, 2)]
+    assert verdict.kind == "rate_limited"
+    assert verdict.retry_after_s == 1.0
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "words"),
+    [
+        ("gemini_auth_refused", "auth", "GEMINI_API_KEY"),
+        ("gemini_auth_missing", "auth", "GEMINI_API_KEY"),
+        ("gemini_denied", "needs_input", "tools: [run_shell_command]"),
+    ],
+)
+def test_gemini_reader_endings(name: str, kind: str, words: str) -> None:
+    verdict, _ = replay("gemini", name)
+    assert verdict.kind == kind
+    assert words in (verdict.message or "")
+
+
+def test_gemini_invocation_and_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    (home / ".gemini").mkdir(parents=True)
+    (home / ".gemini" / "settings.json").write_text('{"ui": {"theme": "dark"}}')
+    (home / ".gemini" / "GEMINI.md").write_text("Use tabs.\n")
+    (home / ".gemini" / "oauth_creds.json").write_text('{"t": 1}')
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("GEMINI_CLI_HOME", raising=False)
+    monkeypatch.setenv("GEMINI_API_KEY", "k")
+    state = tmp_path / "state"
+    spec = AgentSpec(
+        "gemini", model="gemini-2.5-pro", system_prompt="Be the test writer.", tools=("a", "b")
+    )
+    inv = PRESETS["gemini"].invocation(
+        spec, prompt="-x", files=(), workdir=tmp_path, state_dir=state, resume_session="S"
+    )
+    assert inv.argv[:6] == [
+        "gemini", "--prompt=-x", "--output-format", "stream-json", "--approval-mode", "auto_edit",
+    ]  # fmt: skip
+    assert inv.argv[6:] == [
+        "--model", "gemini-2.5-pro", "--allowed-tools", "a", "--allowed-tools", "b",
+        "--resume", "S",
+    ]  # fmt: skip
+    assert inv.env == {"GEMINI_CLI_HOME": str(state), "GEMINI_CLI_TRUST_WORKSPACE": "true"}
+    settings = json.loads((state / ".gemini" / "settings.json").read_text())
+    assert settings == {
+        "ui": {"theme": "dark"},
+        "security": {"auth": {"selectedType": "gemini-api-key"}},
+    }
+    assert (state / ".gemini" / "GEMINI.md").read_text() == "Use tabs.\n\nBe the test writer.\n"
+    assert stat.S_IMODE((state / ".gemini" / "oauth_creds.json").stat().st_mode) == 0o600
 
 
 # -- the scripted model server over real HTTP ---------------------------------------

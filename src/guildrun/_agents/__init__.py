@@ -20,5 +20,8 @@ from .base import Signal as Signal
 from .base import Verdict as Verdict
 from .claude import Claude
 from .codex import Codex
+from .gemini import Gemini
 
-PRESETS: Mapping[str, Preset] = MappingProxyType({"claude": Claude(), "codex": Codex()})
+PRESETS: Mapping[str, Preset] = MappingProxyType(
+    {"claude": Claude(), "codex": Codex(), "gemini": Gemini()}
+)

@@ -94,6 +94,10 @@ class Reader(Protocol):
         """One stdout line, as the agent prints it (called while it runs)."""
         ...
 
+    def feed_stderr(self, line: str) -> list[Signal]:
+        """One stderr line (gemini reports its retries only there; others ignore it)."""
+        ...
+
     def finish(self, exit_code: int, stderr_tail: str) -> Verdict:
         """The verdict, once the process has ended (a negative code: killed by that signal)."""
         ...

@@ -170,6 +170,9 @@ class ClaudeReader:
             self.result = event
         return signals
 
+    def feed_stderr(self, line: str) -> list[Signal]:
+        return []
+
     def finish(self, exit_code: int, stderr_tail: str) -> Verdict:
         result = self.result
         if result is None:

@@ -174,6 +174,9 @@ class CodexReader:
         elif kind == "command_execution":
             self.commands += 1
 
+    def feed_stderr(self, line: str) -> list[Signal]:
+        return []
+
     def finish(self, exit_code: int, stderr_tail: str) -> Verdict:
         verdict = Verdict(
             kind="done", result=self.last_message, message=None, session_id=self.session_id
