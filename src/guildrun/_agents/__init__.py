@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from .aider import Aider
 from .base import AgentSpec as AgentSpec
 from .base import Invocation as Invocation
 from .base import Preset as Preset
@@ -23,5 +24,5 @@ from .codex import Codex
 from .gemini import Gemini
 
 PRESETS: Mapping[str, Preset] = MappingProxyType(
-    {"claude": Claude(), "codex": Codex(), "gemini": Gemini()}
+    {"claude": Claude(), "codex": Codex(), "gemini": Gemini(), "aider": Aider()}
 )

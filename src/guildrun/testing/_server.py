@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -142,7 +143,7 @@ class ModelServer:
 
     def start(self) -> ModelServer:
         handler = type("_Handler", (_Handler,), {"model_server": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = _QuietServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
@@ -182,6 +183,15 @@ class ModelServer:
                 if script.match is not None and script.match in request.conversation:
                     return script.next(request.conversation)
             return self._default.next(request.conversation)
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that drops a kept-alive connection is normal, not an error to print."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if not isinstance(error, ConnectionError | TimeoutError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
