@@ -82,14 +82,7 @@ def drive(
     """One task's run of a real CLI, read live through the preset's reader (as the
     engine will: `follow` on asyncio pipes)."""
     preset = PRESETS[spec.agent]
-    # The preset seeds the state folder from "the user's" config: the test's own HOME.
-    for key in list(os.environ):
-        if key.startswith(_SCRUBBED):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("HOME", env["HOME"])
-    for key, value in env.items():
-        if key.startswith(_SCRUBBED):  # the provider settings a user would have exported
-            monkeypatch.setenv(key, value)
+    as_the_user(env, monkeypatch)
     invocation = preset.invocation(
         spec,
         prompt=prompt,
@@ -99,10 +92,22 @@ def drive(
         resume_session=resume_session,
     )
     reader = preset.reader(spec)
-    return asyncio.run(_follow_run(invocation, reader, workdir, env, timeout))
+    return asyncio.run(follow_run(invocation, reader, workdir, env, timeout))
 
 
-async def _follow_run(
+def as_the_user(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The preset seeds its state folder from "the user's" config and environment: the
+    test's own HOME and provider variables."""
+    for key in list(os.environ):
+        if key.startswith(_SCRUBBED):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", env["HOME"])
+    for key, value in env.items():
+        if key.startswith(_SCRUBBED):
+            monkeypatch.setenv(key, value)
+
+
+async def follow_run(
     invocation: Invocation, reader: Reader, workdir: Path, env: dict[str, str], limit_s: float
 ) -> Run:
     """What the engine's executor does: spawn in a new session, `follow` the pipes into
