@@ -725,3 +725,14 @@ def test_follow_cuts_an_over_long_line_but_logs_it() -> None:
     assert signals == [SessionStarted("S")]  # the last line has no newline and still counts
     assert len(log) > MAX_LINE + 5000
     assert verdict.kind == "error" and verdict.session_id == "S"
+
+
+def test_testing_module_exports_exactly_its_documented_names() -> None:
+    import guildrun.testing
+
+    assert set(guildrun.testing.__all__) == {
+        "Error", "Hang", "Malformed", "ModelServer", "Reply", "Request",
+        "Text", "ToolCall", "Usage", "WriteFile", "overloaded",
+    }  # fmt: skip
+    for name in guildrun.testing.__all__:
+        assert getattr(guildrun.testing, name).__doc__, name
