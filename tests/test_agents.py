@@ -391,6 +391,9 @@ def test_gemini_invocation_and_state(tmp_path: Path, monkeypatch: pytest.MonkeyP
     }
     assert (state / ".gemini" / "GEMINI.md").read_text() == "Use tabs.\n\nBe the test writer.\n"
     assert stat.S_IMODE((state / ".gemini" / "oauth_creds.json").stat().st_mode) == 0o600
+    assert PRESETS["gemini"].check(AgentSpec("gemini", permission_mode="acceptEdits"), None) == (
+        "gemini permission_mode must be one of default, auto_edit, yolo, plan, not 'acceptEdits'"
+    )
 
 
 # -- aider ----------------------------------------------------------------------------

@@ -99,7 +99,11 @@ class Reader(Protocol):
         ...
 
     def finish(self, exit_code: int, stderr_tail: str) -> Verdict:
-        """The verdict, once the process has ended (a negative code: killed by that signal)."""
+        """The verdict, once the process has ended (a negative code: killed by that signal).
+
+        A reader never says "timeout": only the engine knows it ended the process for
+        that, and its own verdict takes precedence over the reader's "error".
+        """
         ...
 
 
