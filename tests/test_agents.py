@@ -19,7 +19,15 @@ from typing import Any
 
 import pytest
 
-from guildrun._agents import PRESETS, AgentSpec, RateLimited, SessionStarted, Signal, Verdict
+from guildrun._agents import (
+    PRESETS,
+    AgentSpec,
+    RateLimited,
+    Refused,
+    SessionStarted,
+    Signal,
+    Verdict,
+)
 from guildrun._agents.prices import PRICES
 from guildrun.testing import Error, Hang, Malformed, ModelServer, Text, ToolCall, Usage, WriteFile
 
@@ -77,12 +85,25 @@ def test_claude_reader_rate_limit_signals_and_verdict() -> None:
         ("claude_denied", "needs_input", "tools: [Bash]"),
         ("claude_max_turns", "failed", "maximum number of turns"),
         ("claude_budget", "failed", "budget"),
+        ("claude_malformed", "error", "malformed response"),
     ],
 )
 def test_claude_reader_endings(name: str, kind: str, words: str) -> None:
     verdict, _ = replay("claude", name)
     assert verdict.kind == kind
     assert words in (verdict.message or "")
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"), [("claude", "claude_401"), ("codex", "codex_auth_refused")]
+)
+def test_refused_logins_are_signalled_live(kind: str, name: str) -> None:
+    verdict, signals = replay(kind, name)
+    refused = [s for s in signals if isinstance(s, Refused)]
+    assert refused and all(s.status == 401 for s in refused)
+    assert [s.attempt for s in refused] == list(range(1, len(refused) + 1))
+    assert not [s for s in signals if isinstance(s, RateLimited)]
+    assert verdict.kind == "auth"
 
 
 def test_claude_reader_denial_names_the_tool_and_what_it_wanted() -> None:

@@ -12,8 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from guildrun._agents import AgentSpec, RateLimited, SessionStarted
-from guildrun.testing import Error, Hang, ModelServer, Text, ToolCall, Usage, WriteFile, overloaded
+from guildrun._agents import AgentSpec, RateLimited, Refused, SessionStarted
+from guildrun.testing import (
+    Error,
+    Hang,
+    Malformed,
+    ModelServer,
+    Text,
+    ToolCall,
+    Usage,
+    WriteFile,
+    overloaded,
+)
 
 from .agent_support import (
     Run,
@@ -167,8 +177,10 @@ def test_claude_not_logged_in_is_auth(
 def test_claude_refused_key_is_auth(
     claude: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Claude Code retries a 401 too (for minutes by default): each retry is a live
+    # Refused signal, so the engine can end it at the first.
     with ModelServer(Error(401)) as server:
-        work, state, env = _setup(tmp_path, server, CLAUDE_CODE_MAX_RETRIES="0")
+        work, state, env = _setup(tmp_path, server, CLAUDE_CODE_MAX_RETRIES="1")
         run = drive(
             AgentSpec("claude"),
             prompt="go",
@@ -177,7 +189,9 @@ def test_claude_refused_key_is_auth(
             env=env,
             monkeypatch=monkeypatch,
         )
+        assert [r.status for r in server.turns()] == [401, 401]
     record(run, "claude_401")
+    assert [s for _, s in run.signals if isinstance(s, Refused)] == [Refused(401, 1)]
     assert run.verdict.kind == "auth", run.verdict
 
 
@@ -363,3 +377,21 @@ def test_claude_instances_run_in_parallel_each_in_its_own_state(
     # Cost adds up to what each CLI reported.
     reported = sum(_cost(_result_line(r.lines)) for r in runs)
     assert sum(r.verdict.cost_usd or 0 for r in runs) == pytest.approx(reported)
+
+
+def test_claude_malformed_answer_is_an_api_error(
+    claude: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ModelServer(Malformed()) as server:
+        work, state, env = _setup(tmp_path, server, CLAUDE_CODE_MAX_RETRIES="0")
+        run = drive(
+            AgentSpec("claude"),
+            prompt="go",
+            workdir=work,
+            state_dir=state,
+            env=env,
+            monkeypatch=monkeypatch,
+        )
+    record(run, "claude_malformed")
+    assert run.verdict.kind == "error", run.verdict
+    assert "malformed" in (run.verdict.message or "")

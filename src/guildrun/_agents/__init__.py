@@ -16,6 +16,7 @@ from .base import Invocation as Invocation
 from .base import Preset as Preset
 from .base import RateLimited as RateLimited
 from .base import Reader as Reader
+from .base import Refused as Refused
 from .base import SessionStarted as SessionStarted
 from .base import Signal as Signal
 from .base import Verdict as Verdict
