@@ -760,3 +760,13 @@ def test_testing_module_exports_exactly_its_documented_names() -> None:
     }  # fmt: skip
     for name in guildrun.testing.__all__:
         assert getattr(guildrun.testing, name).__doc__, name
+
+
+def test_server_env_points_every_cli_here() -> None:
+    with ModelServer() as server:
+        env = server.env()
+        bases = [v for k, v in env.items() if "BASE" in k]
+        assert len(bases) == 4 and all(v.startswith(server.url) for v in bases)
+        assert {"ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY"} <= set(env)
+        status, _, _ = post(f"{env['OPENAI_API_BASE']}/chat/completions", {"messages": []})
+        assert status == 200

@@ -141,6 +141,19 @@ class ModelServer:
             raise RuntimeError("the server is not started")
         return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
+    def env(self) -> dict[str, str]:
+        """Environment variables that point every supported CLI at this server (with
+        keys that are not keys), for a rehearsal: `{**os.environ, **server.env()}`."""
+        return {
+            "ANTHROPIC_BASE_URL": self.url,
+            "ANTHROPIC_API_KEY": "rehearsal-not-a-key",
+            "OPENAI_BASE_URL": f"{self.url}/v1",  # codex, through the preset's provider
+            "OPENAI_API_BASE": f"{self.url}/v1",  # aider
+            "OPENAI_API_KEY": "rehearsal-not-a-key",
+            "GOOGLE_GEMINI_BASE_URL": self.url,
+            "GEMINI_API_KEY": "rehearsal-not-a-key",
+        }
+
     def start(self) -> ModelServer:
         handler = type("_Handler", (_Handler,), {"model_server": self})
         self._httpd = _QuietServer(("127.0.0.1", 0), handler)
