@@ -770,3 +770,20 @@ def test_server_env_points_every_cli_here() -> None:
         assert {"ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY"} <= set(env)
         status, _, _ = post(f"{env['OPENAI_API_BASE']}/chat/completions", {"messages": []})
         assert status == 200
+
+
+def test_server_reads_chunked_bodies() -> None:
+    import http.client
+
+    with ModelServer(Text("chunked ok")) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        body = json.dumps(turn("sent in chunks", stream=False)).encode()
+        pieces = iter([body[:10], body[10:]])
+        connection.request("POST", "/v1/messages", body=pieces, encode_chunked=True,
+                           headers={"content-type": "application/json"})  # fmt: skip
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+        connection.close()
+        assert answer["content"][0]["text"] == "chunked ok"
+        assert server.requests[0].conversation == "sent in chunks"

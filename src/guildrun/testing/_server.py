@@ -218,8 +218,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle({})
 
     def do_POST(self) -> None:
-        length = min(int(self.headers.get("content-length") or 0), _MAX_BODY)
-        raw = self.rfile.read(length) if length else b""
+        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            raw = self._read_chunked()
+        else:
+            length = min(int(self.headers.get("content-length") or 0), _MAX_BODY)
+            raw = self.rfile.read(length) if length else b""
         if self.headers.get("content-encoding", "").lower() == "gzip":
             raw = gzip.decompress(raw)
         try:
@@ -227,6 +230,18 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = {}
         self._handle(body if isinstance(body, dict) else {})
+
+    def _read_chunked(self) -> bytes:
+        data = bytearray()
+        while len(data) <= _MAX_BODY:
+            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline().strip():  # trailers, up to the blank line
+                    pass
+                break
+            data += self.rfile.read(size)
+            self.rfile.readline()  # the CRLF after each chunk
+        return bytes(data)
 
     def _handle(self, body: dict[str, Any]) -> None:
         server = self.model_server
