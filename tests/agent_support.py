@@ -9,18 +9,21 @@ GUILDRUN_SKIP_REAL_CLIS=1 says this machine has none on purpose.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from guildrun._agents import PRESETS, AgentSpec, Signal, Verdict
+from guildrun._agents import PRESETS, AgentSpec, Invocation, Reader, Signal, Verdict
+from guildrun._agents.follow import follow
 
 CI_CACHE = Path.home() / ".cache" / "guildrun-ci"
 CLI_DIRS = (CI_CACHE / "npm" / "node_modules" / ".bin", CI_CACHE / "aider-venv" / "bin")
@@ -76,16 +79,10 @@ def drive(
     timeout: float = 60,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Run:
-    """One task's run of a real CLI, read live through the preset's reader."""
+    """One task's run of a real CLI, read live through the preset's reader (as the
+    engine will: `follow` on asyncio pipes)."""
     preset = PRESETS[spec.agent]
-    # The preset seeds the state folder from "the user's" config: the test's own HOME.
-    for key in list(os.environ):
-        if key.startswith(_SCRUBBED):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("HOME", env["HOME"])
-    for key, value in env.items():
-        if key.startswith(_SCRUBBED):  # the provider settings a user would have exported
-            monkeypatch.setenv(key, value)
+    as_the_user(env, monkeypatch)
     invocation = preset.invocation(
         spec,
         prompt=prompt,
@@ -94,57 +91,66 @@ def drive(
         state_dir=state_dir,
         resume_session=resume_session,
     )
-    reader = preset.reader()
+    reader = preset.reader(spec)
+    return asyncio.run(follow_run(invocation, reader, workdir, env, timeout))
+
+
+def as_the_user(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The preset seeds its state folder from "the user's" config and environment: the
+    test's own HOME and provider variables."""
+    for key in list(os.environ):
+        if key.startswith(_SCRUBBED):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", env["HOME"])
+    for key, value in env.items():
+        if key.startswith(_SCRUBBED):
+            monkeypatch.setenv(key, value)
+
+
+async def follow_run(
+    invocation: Invocation, reader: Reader, workdir: Path, env: dict[str, str], limit_s: float
+) -> Run:
+    """What the engine's executor does: spawn in a new session, `follow` the pipes into
+    the reader, end the whole group on timeout, ask the reader for the verdict."""
     signals: list[tuple[float, Signal]] = []
-    lines: list[str] = []
+    out, err = io.BytesIO(), io.BytesIO()
     start = time.monotonic()
-    process = subprocess.Popen(
-        invocation.argv,
+    process = await asyncio.create_subprocess_exec(
+        *invocation.argv,
         cwd=workdir,
         env={**env, **invocation.env},
-        stdin=subprocess.DEVNULL if invocation.stdin_devnull else None,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        stdin=asyncio.subprocess.DEVNULL if invocation.stdin_devnull else None,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )
-    assert process.stdout is not None and process.stderr is not None
-    err_chunks: list[str] = []
-
-    def follow_stderr() -> None:
-        for line in process.stderr:  # type: ignore[union-attr]
-            err_chunks.append(line)
-            for sig in reader.feed_stderr(line):
-                signals.append((time.monotonic() - start, sig))
-
-    err_thread = threading.Thread(target=follow_stderr)
-    err_thread.start()
-
-    def follow() -> None:
-        for line in process.stdout:  # type: ignore[union-attr]
-            lines.append(line)
-            for sig in reader.feed(line):
-                signals.append((time.monotonic() - start, sig))
-
-    out_thread = threading.Thread(target=follow)
-    out_thread.start()
+    following = asyncio.ensure_future(
+        follow(
+            process,
+            reader,
+            lambda sig: signals.append((time.monotonic() - start, sig)),
+            stdout_log=out,
+            stderr_log=err,
+        )
+    )
     timed_out = False
     try:
-        exit_code = process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
+        exit_code = await asyncio.wait_for(process.wait(), limit_s)
+    except TimeoutError:
         timed_out = True
         os.killpg(process.pid, signal.SIGKILL)
-        exit_code = process.wait(timeout=30)
-    out_thread.join(timeout=30)
-    err_thread.join(timeout=30)
-    process.stdout.close()
-    process.stderr.close()
-    stderr = "".join(err_chunks)
-    verdict = reader.finish(exit_code, stderr[-2000:])
+        exit_code = await process.wait()
+    try:
+        tail = await asyncio.wait_for(asyncio.shield(following), 10)
+    except TimeoutError:  # a child it left behind holds the pipes: end the group
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        tail = await following
+    stderr = err.getvalue().decode(errors="replace")
     return Run(
-        verdict=verdict,
+        verdict=reader.finish(exit_code, tail),
         signals=signals,
-        lines=lines,
+        lines=out.getvalue().decode(errors="replace").splitlines(keepends=True),
         stderr=stderr,
         exit_code=exit_code,
         pid=process.pid,

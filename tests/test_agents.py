@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import stat
+import sys
 import threading
 import time
 import urllib.error
@@ -18,7 +19,15 @@ from typing import Any
 
 import pytest
 
-from guildrun._agents import PRESETS, AgentSpec, RateLimited, SessionStarted, Signal, Verdict
+from guildrun._agents import (
+    PRESETS,
+    AgentSpec,
+    RateLimited,
+    Refused,
+    SessionStarted,
+    Signal,
+    Verdict,
+)
 from guildrun._agents.prices import PRICES
 from guildrun.testing import Error, Hang, Malformed, ModelServer, Text, ToolCall, Usage, WriteFile
 
@@ -76,12 +85,25 @@ def test_claude_reader_rate_limit_signals_and_verdict() -> None:
         ("claude_denied", "needs_input", "tools: [Bash]"),
         ("claude_max_turns", "failed", "maximum number of turns"),
         ("claude_budget", "failed", "budget"),
+        ("claude_malformed", "error", "malformed response"),
     ],
 )
 def test_claude_reader_endings(name: str, kind: str, words: str) -> None:
     verdict, _ = replay("claude", name)
     assert verdict.kind == kind
     assert words in (verdict.message or "")
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"), [("claude", "claude_401"), ("codex", "codex_auth_refused")]
+)
+def test_refused_logins_are_signalled_live(kind: str, name: str) -> None:
+    verdict, signals = replay(kind, name)
+    refused = [s for s in signals if isinstance(s, Refused)]
+    assert refused and all(s.status == 401 for s in refused)
+    assert [s.attempt for s in refused] == list(range(1, len(refused) + 1))
+    assert not [s for s in signals if isinstance(s, RateLimited)]
+    assert verdict.kind == "auth"
 
 
 def test_claude_reader_denial_names_the_tool_and_what_it_wanted() -> None:
@@ -390,6 +412,79 @@ def test_gemini_invocation_and_state(tmp_path: Path, monkeypatch: pytest.MonkeyP
     }
     assert (state / ".gemini" / "GEMINI.md").read_text() == "Use tabs.\n\nBe the test writer.\n"
     assert stat.S_IMODE((state / ".gemini" / "oauth_creds.json").stat().st_mode) == 0o600
+    assert PRESETS["gemini"].check(AgentSpec("gemini", permission_mode="acceptEdits"), None) == (
+        "gemini permission_mode must be one of default, auto_edit, yolo, plan, not 'acceptEdits'"
+    )
+
+
+# -- aider ----------------------------------------------------------------------------
+
+
+def test_aider_reader_success_reads_its_printed_figures() -> None:
+    verdict, signals = replay("aider", "aider_write")
+    assert verdict.kind == "done"
+    assert verdict.tokens == 800 + 50
+    assert verdict.cost_usd == 0.0025 and verdict.cost_estimated is False
+    assert signals == []
+
+
+def test_aider_reader_rate_limit() -> None:
+    verdict, signals = replay("aider", "aider_429")
+    limited = [s for s in signals if isinstance(s, RateLimited)]
+    assert len(limited) >= 5
+    assert [s.attempt for s in limited] == list(range(1, len(limited) + 1))
+    delays = [s.retry_after_s or 0 for s in limited]
+    assert delays == sorted(delays)  # its own exponential backoff
+    assert verdict.kind == "rate_limited"
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "words"),
+    [("aider_401", "auth", "OPENAI_API_KEY"), ("aider_no_edit", "failed", "applied no edit")],
+)
+def test_aider_reader_endings(name: str, kind: str, words: str) -> None:
+    verdict, _ = replay("aider", name)
+    assert verdict.kind == kind
+    assert words in (verdict.message or "")
+
+
+def test_aider_reader_rounded_token_figures() -> None:
+    reader = PRESETS["aider"].reader()
+    reader.feed(
+        "Tokens: 2.5k sent, 1.2k cache hit, 16 received. Cost: $0.0063 message, $0.01 session."
+    )
+    reader.feed("Applied edit to a.py")
+    verdict = reader.finish(0, "")
+    assert verdict.tokens == 2500 + 16  # sent and received; cache hits are part of "sent"
+    assert verdict.cost_usd == 0.01
+
+
+def test_aider_invocation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".aider.conf.yml").write_text("dark-mode: true\n")
+    monkeypatch.setenv("HOME", str(home))
+    state = tmp_path / "state"
+    spec = AgentSpec(
+        "aider", model="openai/gpt-4o", system_prompt="Tabs.", flags=("--map-tokens", "0")
+    )
+    inv = PRESETS["aider"].invocation(
+        spec,
+        prompt="-x",
+        files=("a.py", "b.py"),
+        workdir=tmp_path,
+        state_dir=state,
+        resume_session=None,
+    )
+    argv = inv.argv
+    assert argv[:3] == ["aider", "--message=-x", "--yes-always"]
+    assert {"--no-auto-commits", "--no-stream", "--no-gitignore"} <= set(argv)
+    assert "--model=openai/gpt-4o" in argv
+    assert f"--read={state / 'CONVENTIONS.md'}" in argv
+    assert (state / "CONVENTIONS.md").read_text() == "Tabs."
+    assert argv[-5:] == ["--map-tokens", "0", "--", "a.py", "b.py"]
+    assert inv.env["HOME"] == str(state)
+    assert (state / ".aider.conf.yml").read_text() == "dark-mode: true\n"
 
 
 # -- the scripted model server over real HTTP ---------------------------------------
@@ -605,3 +700,90 @@ def test_subagent_names_are_unique(tmp_path: Path) -> None:
     write_agent(tmp_path, "b.md", "---\nname: same\ndescription: d\n---\n")
     with pytest.raises(PlanError, match=r"b\.md:2: name: subagent 'same' is also defined in a\.md"):
         discover(tmp_path)
+
+
+# -- follow: a real process's pipes into a reader ---------------------------------------
+
+
+async def _follow(argv: list[str], kind: str) -> tuple[Verdict, list[Signal], bytes, str]:
+    import asyncio
+    import io
+
+    from guildrun._agents.follow import follow
+
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    reader = PRESETS[kind].reader()
+    signals: list[Signal] = []
+    log = io.BytesIO()
+    tail = await asyncio.wait_for(follow(process, reader, signals.append, stdout_log=log), 30)
+    code = await process.wait()
+    return reader.finish(code, tail), signals, log.getvalue(), tail
+
+
+def test_follow_replays_a_recorded_run_through_real_pipes() -> None:
+    import asyncio
+
+    out, err = DATA / "gemini_429.jsonl", DATA / "gemini_429.stderr"
+    script = f'cat "{out}"; cat "{err}" >&2; exit 173'
+    verdict, signals, log, tail = asyncio.run(_follow(["sh", "-c", script], "gemini"))
+    expected_verdict, expected_signals = replay("gemini", "gemini_429")
+    assert signals == expected_signals
+    assert verdict == expected_verdict
+    assert log == out.read_bytes()
+    assert tail.strip() and err.read_text().endswith(tail)
+
+
+def test_follow_cuts_an_over_long_line_but_logs_it() -> None:
+    import asyncio
+
+    from guildrun._agents.follow import MAX_LINE
+
+    program = (
+        "import sys, json\n"
+        f"sys.stdout.write('x' * {MAX_LINE + 5000} + '\\n')\n"
+        "sys.stdout.write(json.dumps({'type': 'system', 'subtype': 'init', 'session_id': 'S'}))\n"
+    )
+    verdict, signals, log, _ = asyncio.run(_follow([sys.executable, "-c", program], "claude"))
+    assert signals == [SessionStarted("S")]  # the last line has no newline and still counts
+    assert len(log) > MAX_LINE + 5000
+    assert verdict.kind == "error" and verdict.session_id == "S"
+
+
+def test_testing_module_exports_exactly_its_documented_names() -> None:
+    import guildrun.testing
+
+    assert set(guildrun.testing.__all__) == {
+        "Error", "Hang", "Malformed", "ModelServer", "Reply", "Request",
+        "Text", "ToolCall", "Usage", "WriteFile", "overloaded",
+    }  # fmt: skip
+    for name in guildrun.testing.__all__:
+        assert getattr(guildrun.testing, name).__doc__, name
+
+
+def test_server_env_points_every_cli_here() -> None:
+    with ModelServer() as server:
+        env = server.env()
+        bases = [v for k, v in env.items() if "BASE" in k]
+        assert len(bases) == 4 and all(v.startswith(server.url) for v in bases)
+        assert {"ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY"} <= set(env)
+        status, _, _ = post(f"{env['OPENAI_API_BASE']}/chat/completions", {"messages": []})
+        assert status == 200
+
+
+def test_server_reads_chunked_bodies() -> None:
+    import http.client
+
+    with ModelServer(Text("chunked ok")) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        body = json.dumps(turn("sent in chunks", stream=False)).encode()
+        pieces = iter([body[:10], body[10:]])
+        connection.request("POST", "/v1/messages", body=pieces, encode_chunked=True,
+                           headers={"content-type": "application/json"})  # fmt: skip
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+        connection.close()
+        assert answer["content"][0]["text"] == "chunked ok"
+        assert server.requests[0].conversation == "sent in chunks"

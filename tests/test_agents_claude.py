@@ -12,10 +12,30 @@ from pathlib import Path
 
 import pytest
 
-from guildrun._agents import AgentSpec, RateLimited, SessionStarted
-from guildrun.testing import Error, Hang, ModelServer, Text, ToolCall, Usage, WriteFile, overloaded
+from guildrun._agents import AgentSpec, RateLimited, Refused, SessionStarted
+from guildrun.testing import (
+    Error,
+    Hang,
+    Malformed,
+    ModelServer,
+    Text,
+    ToolCall,
+    Usage,
+    WriteFile,
+    overloaded,
+)
 
-from .agent_support import clean_env, drive, git_repo, group_gone, need_cli, record
+from .agent_support import (
+    Run,
+    as_the_user,
+    clean_env,
+    drive,
+    follow_run,
+    git_repo,
+    group_gone,
+    need_cli,
+    record,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +61,12 @@ def _result_line(lines: list[str]) -> dict[str, object]:
     value = results[0]
     assert isinstance(value, dict)
     return value
+
+
+def _cost(result: dict[str, object]) -> float:
+    value = result["total_cost_usd"]
+    assert isinstance(value, int | float)
+    return float(value)
 
 
 def test_claude_edits_a_file_through_its_write_tool(
@@ -151,8 +177,10 @@ def test_claude_not_logged_in_is_auth(
 def test_claude_refused_key_is_auth(
     claude: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Claude Code retries a 401 too (for minutes by default): each retry is a live
+    # Refused signal, so the engine can end it at the first.
     with ModelServer(Error(401)) as server:
-        work, state, env = _setup(tmp_path, server, CLAUDE_CODE_MAX_RETRIES="0")
+        work, state, env = _setup(tmp_path, server, CLAUDE_CODE_MAX_RETRIES="1")
         run = drive(
             AgentSpec("claude"),
             prompt="go",
@@ -161,7 +189,9 @@ def test_claude_refused_key_is_auth(
             env=env,
             monkeypatch=monkeypatch,
         )
+        assert [r.status for r in server.turns()] == [401, 401]
     record(run, "claude_401")
+    assert [s for _, s in run.signals if isinstance(s, Refused)] == [Refused(401, 1)]
     assert run.verdict.kind == "auth", run.verdict
 
 
@@ -303,3 +333,65 @@ def test_claude_never_answered_is_ended_by_the_timeout(
     assert run.verdict.kind == "error"
     assert "without a result" in (run.verdict.message or "")
     assert group_gone(run.pid)
+
+
+def test_claude_instances_run_in_parallel_each_in_its_own_state(
+    claude: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from guildrun._agents import PRESETS
+
+    preset, count = PRESETS["claude"], 4
+    with ModelServer() as server:
+        work, _, env = _setup(tmp_path, server)
+        as_the_user(env, monkeypatch)
+        jobs = []
+        for i in range(count):
+            server.script(
+                WriteFile(f"part{i}.txt", f"part {i}\n", usage=Usage(100 * (i + 1), 10)),
+                Text(f"Wrote part{i}.txt.", usage=Usage(50, 5)),
+                match=f"task number {i}",
+            )
+            invocation = preset.invocation(
+                AgentSpec("claude"),
+                prompt=f"task number {i}",
+                files=(f"part{i}.txt",),
+                workdir=work,
+                state_dir=tmp_path / f"instance-{i}",
+                resume_session=None,
+            )
+            jobs.append(follow_run(invocation, preset.reader(), work, env, 120))
+
+        async def together() -> list[Run]:
+            return list(await asyncio.gather(*jobs))
+
+        runs = asyncio.run(together())
+        sessions = {r.headers["x-claude-code-session-id"] for r in server.turns()}
+    assert [r.verdict.kind for r in runs] == ["done"] * count
+    for i in range(count):
+        assert (work / f"part{i}.txt").read_text() == f"part {i}\n"
+        assert runs[i].verdict.tokens == 100 * (i + 1) + 10 + 50 + 5
+        assert (tmp_path / f"instance-{i}" / "projects").is_dir()
+    assert sessions == {r.verdict.session_id for r in runs} and len(sessions) == count
+    # Cost adds up to what each CLI reported.
+    reported = sum(_cost(_result_line(r.lines)) for r in runs)
+    assert sum(r.verdict.cost_usd or 0 for r in runs) == pytest.approx(reported)
+
+
+def test_claude_malformed_answer_is_an_api_error(
+    claude: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ModelServer(Malformed()) as server:
+        work, state, env = _setup(tmp_path, server, CLAUDE_CODE_MAX_RETRIES="0")
+        run = drive(
+            AgentSpec("claude"),
+            prompt="go",
+            workdir=work,
+            state_dir=state,
+            env=env,
+            monkeypatch=monkeypatch,
+        )
+    record(run, "claude_malformed")
+    assert run.verdict.kind == "error", run.verdict
+    assert "malformed" in (run.verdict.message or "")

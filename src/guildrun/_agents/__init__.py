@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from .aider import Aider
 from .base import AgentSpec as AgentSpec
 from .base import Invocation as Invocation
 from .base import Preset as Preset
 from .base import RateLimited as RateLimited
 from .base import Reader as Reader
+from .base import Refused as Refused
 from .base import SessionStarted as SessionStarted
 from .base import Signal as Signal
 from .base import Verdict as Verdict
@@ -23,5 +25,5 @@ from .codex import Codex
 from .gemini import Gemini
 
 PRESETS: Mapping[str, Preset] = MappingProxyType(
-    {"claude": Claude(), "codex": Codex(), "gemini": Gemini()}
+    {"claude": Claude(), "codex": Codex(), "gemini": Gemini(), "aider": Aider()}
 )

@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol
 
 VerdictKind = Literal["done", "failed", "rate_limited", "needs_input", "auth", "timeout", "error"]
 RATE_LIMIT_STATUSES = frozenset({429, 529})
+AUTH_STATUSES = frozenset({401, 403})
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,15 @@ class RateLimited(Signal):
 
 
 @dataclass(frozen=True)
+class Refused(Signal):
+    """The provider refused the login (401/403) and the CLI keeps retrying anyway (Claude
+    Code does, for minutes): the engine may end the agent now; its verdict will be "auth"."""
+
+    status: int
+    attempt: int | None
+
+
+@dataclass(frozen=True)
 class SessionStarted(Signal):
     """The CLI named its session: a retry can continue it (`--resume`)."""
 
@@ -99,7 +109,11 @@ class Reader(Protocol):
         ...
 
     def finish(self, exit_code: int, stderr_tail: str) -> Verdict:
-        """The verdict, once the process has ended (a negative code: killed by that signal)."""
+        """The verdict, once the process has ended (a negative code: killed by that signal).
+
+        A reader never says "timeout": only the engine knows it ended the process for
+        that, and its own verdict takes precedence over the reader's "error".
+        """
         ...
 
 
@@ -175,6 +189,12 @@ def number(value: Any) -> float | None:
 
 def integer(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def head(text: str, limit: int = 300) -> str:
+    """The start of a message: where CLIs put what went wrong."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def tail(text: str, limit: int = 500) -> str:

@@ -22,16 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from .base import (
+    AUTH_STATUSES,
     RATE_LIMIT_STATUSES,
     AgentSpec,
     Invocation,
     LineLog,
     RateLimited,
+    Refused,
     SessionStarted,
     Signal,
     Verdict,
     check_program,
     copy_private,
+    head,
     integer,
     number,
     parse_json_line,
@@ -39,7 +42,6 @@ from .base import (
 )
 
 DEFAULT_PERMISSION_MODE = "acceptEdits"
-_AUTH_STATUSES = frozenset({401, 403})
 _AUTH_TEXTS = ("not logged in", "invalid api key", "failed to authenticate", "oauth token")
 # Files of the user's Claude Code configuration that make an instance behave as the
 # user's own `claude` does: settings, login, user memory. Sessions and history are not
@@ -153,13 +155,12 @@ class ClaudeReader:
             delay_ms = number(event.get("retry_delay_ms"))
             self.last_delay_s = delay_ms / 1000 if delay_ms is not None else None
             status = event.get("error_status")
+            attempt = event.get("attempt") if isinstance(event.get("attempt"), int) else None
             if isinstance(status, int) and status in RATE_LIMIT_STATUSES:
-                attempt = event.get("attempt")
-                signals.append(
-                    RateLimited(
-                        status, self.last_delay_s, attempt if isinstance(attempt, int) else None
-                    )
-                )
+                signals.append(RateLimited(status, self.last_delay_s, attempt))
+            elif isinstance(status, int) and status in AUTH_STATUSES:
+                self.auth_failed = True
+                signals.append(Refused(status, attempt))
         elif kind == "assistant":
             if event.get("error") == "authentication_failed":
                 self.auth_failed = True
@@ -208,7 +209,7 @@ class ClaudeReader:
                 verdict.kind = "rate_limited"
                 verdict.retry_after_s = self.last_delay_s
                 verdict.message = f"rate limited ({status}) after claude's own retries ran out"
-            elif self.auth_failed or status in _AUTH_STATUSES or _is_auth_text(said):
+            elif self.auth_failed or status in AUTH_STATUSES or _is_auth_text(said):
                 verdict.kind = "auth"
                 verdict.message = (
                     f"claude is not logged in or its key was refused ({tail(said, 200)}): "
@@ -216,7 +217,7 @@ class ClaudeReader:
                 )
             elif isinstance(status, int) or result.get("terminal_reason") == "api_error":
                 verdict.kind = "error"
-                verdict.message = f"API error{f' {status}' if status else ''}: {tail(said, 300)}"
+                verdict.message = f"API error{f' {status}' if status else ''}: {head(said)}"
             else:
                 verdict.kind = "failed"
                 verdict.message = tail(said, 300) or f"claude ended with {result.get('subtype')}"

@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from .base import (
+    AUTH_STATUSES,
     RATE_LIMIT_STATUSES,
     AgentSpec,
     Invocation,
     RateLimited,
+    Refused,
     SessionStarted,
     Signal,
     Verdict,
@@ -161,6 +163,8 @@ class CodexReader:
         status = _status(message)
         if retry and status in RATE_LIMIT_STATUSES:
             return [RateLimited(status, None, int(retry.group(1)))]
+        if retry and status in AUTH_STATUSES:
+            return [Refused(status, int(retry.group(1)))]
         return []
 
     def _item(self, item: dict[str, Any]) -> None:

@@ -41,6 +41,7 @@ from .base import (
 from .prices import PRICES, Prices
 
 DEFAULT_APPROVAL = "auto_edit"
+APPROVAL_MODES = ("default", "auto_edit", "yolo", "plan")
 _ATTEMPT = re.compile(r"Attempt (\d+) failed(?: with status (\d{3})|: (RESOURCE_EXHAUSTED))")
 _RETRY_AFTER = re.compile(r"retry after (\d+(?:\.\d+)?)s", re.IGNORECASE)
 _EXIT_STATUS = {173: 429, 17: 529, 145: 401, 147: 403}
@@ -61,6 +62,9 @@ class Gemini:
         self.prices = prices
 
     def check(self, spec: AgentSpec, path_env: str | None) -> str | None:
+        if spec.permission_mode is not None and spec.permission_mode not in APPROVAL_MODES:
+            allowed = ", ".join(APPROVAL_MODES)
+            return f"gemini permission_mode must be one of {allowed}, not {spec.permission_mode!r}"
         return check_program(spec, "gemini", path_env)
 
     def invocation(

@@ -10,11 +10,13 @@ when it never answers.
     with ModelServer() as server:
         server.script(WriteFile("api.py", "def f(): ...\\n"), Text("Added f."), match="api")
         server.script(Error(429, retry_after_s=2), Text("Done."), match="tests")
+        env = {**os.environ, **server.env()}  # points claude, codex, gemini, aider here
         # claude: ANTHROPIC_BASE_URL=server.url ANTHROPIC_API_KEY=anything
-        # codex:  a provider whose base_url is server.url + "/v1" (wire_api = "responses")
+        # codex:  a provider whose base_url is server.url + "/v1" (wire_api = "responses"),
+        #         which guildrun's preset makes from OPENAI_BASE_URL
         # gemini: GOOGLE_GEMINI_BASE_URL=server.url GEMINI_API_KEY=anything
-        # aider:  --openai-api-base server.url + "/v1" --model openai/NAME
-        ...
+        # aider:  OPENAI_API_BASE=server.url + "/v1", --model openai/NAME
+        subprocess.run(["claude", "-p", "add f to api.py"], env=env)
         print(len(server.requests), [r.status for r in server.turns()])
 
 Replies (one per request of a conversation; the last one repeats):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import shlex
 import time
 from typing import Any
@@ -206,12 +207,17 @@ class Chat:
     name = "chat"
 
     def conversation(self, body: dict[str, Any]) -> str:
-        users = [
-            text_of(m.get("content"))
-            for m in body.get("messages") or []
-            if isinstance(m, dict) and m.get("role") == "user"
-        ]
-        return users[-1] if users else ""
+        """The first user message that is not a preamble (aider sends the files, the repo
+        map and read-only files as user messages, each answered "Ok" by the assistant)."""
+        messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+        for i, message in enumerate(messages):
+            if message.get("role") != "user":
+                continue
+            after = messages[i + 1] if i + 1 < len(messages) else {}
+            if after.get("role") == "assistant" and text_of(after.get("content")).startswith("Ok"):
+                continue
+            return text_of(message.get("content"))
+        return ""
 
     def workdir(self, body: dict[str, Any]) -> str | None:
         return None
@@ -229,7 +235,7 @@ class Chat:
             return Answer(raw=reply.text.encode(), headers={"content-type": "application/json"})
         usage = getattr(reply, "usage", Usage())
         if isinstance(reply, WriteFile):
-            text = search_replace_block(reply.path, reply.content)
+            text = search_replace_block(reply.path, reply.content, _shown(body, reply.path))
         elif isinstance(reply, Text):
             text = reply.text
         else:
@@ -262,6 +268,18 @@ class Chat:
         return Answer(events=events)
 
 
-def search_replace_block(path: str, content: str) -> str:
-    """Aider's edit format: an empty SEARCH creates the file with the REPLACE text."""
-    return f"{path}\n```\n<<<<<<< SEARCH\n=======\n{content}>>>>>>> REPLACE\n```\n"
+def search_replace_block(path: str, content: str, current: str = "") -> str:
+    """Aider's edit format: SEARCH the file's whole current text (empty for a new file)
+    and REPLACE it."""
+    return f"{path}\n```\n<<<<<<< SEARCH\n{current}=======\n{content}>>>>>>> REPLACE\n```\n"
+
+
+def _shown(body: dict[str, Any], path: str) -> str:
+    """The file's text as aider last showed it to the model ("PATH\n```\n...\n```")."""
+    listing = re.compile(rf"(?:^|\n){re.escape(path)}\n```[^\n]*\n(.*?)^```", re.M | re.S)
+    found = ""
+    for message in body.get("messages") or []:
+        if isinstance(message, dict) and message.get("role") == "user":
+            for match in listing.finditer(text_of(message.get("content"))):
+                found = match.group(1)
+    return found

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -140,9 +141,22 @@ class ModelServer:
             raise RuntimeError("the server is not started")
         return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
+    def env(self) -> dict[str, str]:
+        """Environment variables that point every supported CLI at this server (with
+        keys that are not keys), for a rehearsal: `{**os.environ, **server.env()}`."""
+        return {
+            "ANTHROPIC_BASE_URL": self.url,
+            "ANTHROPIC_API_KEY": "rehearsal-not-a-key",
+            "OPENAI_BASE_URL": f"{self.url}/v1",  # codex, through the preset's provider
+            "OPENAI_API_BASE": f"{self.url}/v1",  # aider
+            "OPENAI_API_KEY": "rehearsal-not-a-key",
+            "GOOGLE_GEMINI_BASE_URL": self.url,
+            "GEMINI_API_KEY": "rehearsal-not-a-key",
+        }
+
     def start(self) -> ModelServer:
         handler = type("_Handler", (_Handler,), {"model_server": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = _QuietServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
@@ -184,6 +198,15 @@ class ModelServer:
             return self._default.next(request.conversation)
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A client that drops a kept-alive connection is normal, not an error to print."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if not isinstance(error, ConnectionError | TimeoutError):
+            super().handle_error(request, client_address)
+
+
 class _Handler(BaseHTTPRequestHandler):
     model_server: ModelServer
     protocol_version = "HTTP/1.1"
@@ -195,8 +218,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle({})
 
     def do_POST(self) -> None:
-        length = min(int(self.headers.get("content-length") or 0), _MAX_BODY)
-        raw = self.rfile.read(length) if length else b""
+        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            raw = self._read_chunked()
+        else:
+            length = min(int(self.headers.get("content-length") or 0), _MAX_BODY)
+            raw = self.rfile.read(length) if length else b""
         if self.headers.get("content-encoding", "").lower() == "gzip":
             raw = gzip.decompress(raw)
         try:
@@ -204,6 +230,18 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = {}
         self._handle(body if isinstance(body, dict) else {})
+
+    def _read_chunked(self) -> bytes:
+        data = bytearray()
+        while len(data) <= _MAX_BODY:
+            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline().strip():  # trailers, up to the blank line
+                    pass
+                break
+            data += self.rfile.read(size)
+            self.rfile.readline()  # the CRLF after each chunk
+        return bytes(data)
 
     def _handle(self, body: dict[str, Any]) -> None:
         server = self.model_server
