@@ -111,10 +111,22 @@ def _parser() -> argparse.ArgumentParser:
             "the human output goes to stderr)",
         )
 
+    def budget_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--max-cost-usd",
+            type=float,
+            metavar="USD",
+            help="budget of the run: past it no new task starts (resume with a higher one)",
+        )
+        sp.add_argument(
+            "--max-tokens", type=_positive, metavar="N", help="budget of the run in agent tokens"
+        )
+
     r = sub.add_parser("run", help="run a plan")
     plan_args(r)
     output_args(r)
     r.add_argument("--fail-fast", action="store_true", help="stop everything at the first failure")
+    budget_args(r)
 
     rsm = sub.add_parser("resume", help="continue an interrupted run (default: the latest)")
     rsm.add_argument("run", nargs="?", help=RUN_HELP)
@@ -123,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
         "--retry-failed", action="store_true", help="run failed and skipped tasks again"
     )
     output_args(rsm)
+    budget_args(rsm)
 
     rr = sub.add_parser(
         "rerun", help="a new run of a past run's plan: its failed tasks, or named ones"
@@ -226,6 +239,17 @@ def overview(parser: argparse.ArgumentParser) -> str:
     return "\n".join(lines)
 
 
+def _budget(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if getattr(args, "max_cost_usd", None) is not None:
+        if args.max_cost_usd <= 0:
+            raise UsageError("--max-cost-usd must be more than 0")
+        out["max_cost_usd"] = args.max_cost_usd
+    if getattr(args, "max_tokens", None) is not None:
+        out["max_tokens"] = args.max_tokens
+    return out
+
+
 def _prepare(args: argparse.Namespace) -> Prepared:
     overrides: dict[str, Any] = {
         "per_agent_type": args.per_agent_type,
@@ -234,6 +258,7 @@ def _prepare(args: argparse.Namespace) -> Prepared:
     }
     if getattr(args, "fail_fast", False):
         overrides["fail_fast"] = True
+    overrides.update(_budget(args))
     return prepare(args.plan, root=args.root, overrides=overrides, auto=args.auto)
 
 
@@ -335,6 +360,7 @@ def _cmd_resume(args: argparse.Namespace, con: _Consoles) -> int:
                 args.run,
                 root=args.root,
                 retry_failed=args.retry_failed,
+                settings=_budget(args),
                 reporter=_reporter(args, con, stack),
                 crash_after_commit=_crash_hook(),
                 own_files=_own_files(args, root),

@@ -272,9 +272,21 @@ def print_summary(summary: Summary, console: Console) -> None:
         ("utilization", f"{summary.utilization:.0%}"),
         ("steals", summary.steals),
     ]
+    if summary.cost_usd or summary.tokens:
+        estimate = " (estimated from tokens)" if summary.cost_estimated else ""
+        rows.append(("spent", f"${summary.cost_usd:.4f}{estimate}, {summary.tokens} tokens"))
+    if summary.rate_limited:
+        rows.append(("rate limited", f"{summary.rate_limited} times (waited, not failed)"))
     for k, v in rows:
         table.add_row(k, str(v))
     console.print(table)
+    if summary.status == "budget":
+        console.print(
+            f"[red]budget exhausted[/]: ${summary.cost_usd:.4f} of "
+            f"${summary.max_cost_usd or 0:.4f} spent; the rest waits: "
+            f"guildrun resume {summary.run_id} --max-cost-usd MORE",
+            highlight=False,
+        )
     for t in summary.tasks:
         if t.state == "failed":
             console.print(f"[red]failed[/] {t.id} ({t.specialist}): {t.cause}", highlight=False)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._agents.base import RateLimited, Signal
 from ._clock import Clock, WallClock
 from ._executors.base import Ending, Executor, Job, Outcome
 from ._glob import Glob
@@ -51,6 +52,7 @@ from ._workspaces.ownership import Ownership
 from ._workspaces.shared import SharedTree
 
 PGID_FLUSH_S = 0.2
+DEFAULT_RATE_LIMIT_WAIT = 5.0  # seconds, when a provider says "later" without saying when
 
 
 class Reporter:
@@ -194,6 +196,19 @@ class Engine:
         self._stop = asyncio.Event()
         self._halt = False
         self._held: str | None = None  # why the resource guard holds back new starts
+        # Agents: sessions to continue, rate limits per provider, spend against the budget.
+        self._providers = {
+            name: spec.agent.provider_key
+            for name, spec in self.plan.specialists.items()
+            if spec.agent is not None
+        }
+        self._instance_session: dict[str, str] = {}  # instance -> its last session
+        self._task_session: dict[str, tuple[str, str]] = {}  # task -> (instance, session)
+        self._held_until: dict[str, float] = {}  # provider -> end of its rate-limit wait
+        self.rate_limited = 0
+        self.spent_usd = 0.0
+        self.spent_tokens = 0
+        self._budget_stop = False
 
     @property
     def results(self) -> dict[str, str]:
@@ -204,7 +219,9 @@ class Engine:
     async def execute(self) -> Summary:
         self.jobs.log_dir.mkdir(parents=True, exist_ok=True)
         self.jobs.result_dir.mkdir(parents=True, exist_ok=True)
-        self.executor.start(self.clock, self._spawned)
+        self.executor.start(self.clock, self._spawned, self._heard)
+        if self.resume is not None:
+            self.spent_usd, self.spent_tokens, _ = self.journal.spend(self.run_id)
         try:
             return await self._execute()
         except Exception as exc:
@@ -255,7 +272,11 @@ class Engine:
                     self.run_id,
                     Event(EventKind.GUARD_HOLD, self.clock.now(), data={"reason": self._held}),
                 )
-            jobs = self._apply(self.scheduler.dispatch(limit=1 if self._held else None))
+            if self._over_budget():
+                self._stop_for_budget()
+                jobs = []
+            else:
+                jobs = self._apply(self.scheduler.dispatch(limit=1 if self._held else None))
         self.reporter.run_started(self.run_id, self.plan, self.p.limits)
         self.reporter.events(opening + committed)
         self._launch(jobs)
@@ -309,6 +330,9 @@ class Engine:
             sampler = asyncio.ensure_future(self._sample_loop())
         try:
             while not self.scheduler.finished:
+                if self._budget_stop and not self._running:
+                    status = "budget"  # resumable: `guildrun resume --max-cost-usd MORE`
+                    break
                 get = asyncio.ensure_future(self._inbox.get())
                 await asyncio.wait({get, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
                 if not get.done():
@@ -358,12 +382,14 @@ class Engine:
                 decisions += self._conclude(
                     tid, attempt, outcome, check.violations.get(tid), check.touched.get(tid, [])
                 )
+            if not self._budget_stop and self._over_budget():
+                self._stop_for_budget()
             with self.timings("dispatch"):
                 for tid in woken:
                     if tid and not self._halt:
                         decisions += self.scheduler.wake(tid)
                 # The guard holds the run to one task at a time: it never stalls it.
-                if not self._halt:
+                if not self._halt and not self._budget_stop:
                     decisions += self.scheduler.dispatch(limit=1 if self._held else None)
             jobs = self._apply(decisions)
         self.reporter.events(committed)
@@ -455,6 +481,8 @@ class Engine:
             exit_code=o.exit_code,
             error=o.error,
         )
+        if o.cost_usd is not None or o.tokens is not None or o.session_id is not None:
+            self._spent(tid, attempt, o)
         if self.monitor is not None and tid in self.monitor.usage:
             use = self.monitor.usage.pop(tid)
             self.journal.attempt_usage(rid, tid, attempt, use.cpu_s, use.peak_rss)
@@ -480,6 +508,8 @@ class Engine:
         verdict = decide(self.policy, facts, self.rng)
         if isinstance(verdict, Accept):
             self.results[tid] = o.result or ""
+            if spec.specialist in self._providers:
+                self._recover_limit(spec.specialist)
             owned = list(spec.files)
             if widened:
                 extra = sorted(
@@ -510,6 +540,8 @@ class Engine:
                 self.free_attempts[tid] = self.free_attempts.get(tid, 0) + 1
                 data["counted"] = False
             data["retry_in"] = round(verdict.delay, 3)
+            if verdict.throttle is not None:
+                self._throttle(spec.specialist, verdict.throttle, tid)
             self.journal.task_ended(rid, tid, "retrying", o.ended, cause=o.error)
             self.journal.event(rid, Event(EventKind.TASK_RETRY, o.ended, task=tid, data=data))
             asyncio.get_running_loop().call_later(verdict.delay, self._wake, tid)
@@ -541,7 +573,11 @@ class Engine:
                 attempt = self.attempt_no.get(d.task, 0) + 1
                 self.attempt_no[d.task] = attempt
                 job = self.jobs.make(
-                    d.task, d.instance, attempt, self.workspace.workdir(d.instance)
+                    d.task,
+                    d.instance,
+                    attempt,
+                    self.workspace.workdir(d.instance),
+                    self._session_for(d.task, d.instance),
                 )
                 jobs.append(job)
                 self.journal.task_started(
@@ -613,6 +649,123 @@ class Engine:
             now = self.clock.now()
             outcome = Outcome(Ending.ERROR, now, now, error=f"{type(exc).__name__}: {exc}")
         self._inbox.put_nowait(("end", ctx.task_id, ctx.attempt, outcome))
+
+    # ------------------------------------------------------------ agents
+
+    def _session_for(self, task: str, instance: str) -> str | None:
+        """The agent session a task continues: its own after a rate limit (partial work is
+        kept), else with `keep_context` its instance's previous one. Sessions live in an
+        instance's private state, so only on that instance."""
+        spec = self.plan.specialists[self.plan.by_id[task].specialist]
+        if spec.agent is None:
+            return None
+        own = self._task_session.get(task)
+        if own is not None and own[0] == instance:
+            return own[1]
+        return self._instance_session.get(instance) if spec.keep_context else None
+
+    def _spent(self, tid: str, attempt: int, o: Outcome) -> None:
+        self.journal.attempt_spend(
+            self.run_id,
+            tid,
+            attempt,
+            cost_usd=o.cost_usd,
+            tokens=o.tokens,
+            estimated=o.cost_estimated,
+            session_id=o.session_id,
+        )
+        self.spent_usd += o.cost_usd or 0.0
+        self.spent_tokens += o.tokens or 0
+        if o.session_id is not None:
+            instance = self.scheduler.instance_of.get(self.plan.by_id[tid].index)
+            if instance is not None:
+                self._instance_session[instance] = o.session_id
+                self._task_session[tid] = (instance, o.session_id)
+
+    def _heard(self, task: str, sig: Signal) -> None:
+        """An agent reported something while it runs: a rate limit throttles its provider
+        now, not when the agent gives up."""
+        if isinstance(sig, RateLimited):
+            with self.journal.transaction() as committed:
+                self._throttle(self.plan.by_id[task].specialist, sig.retry_after_s, task)
+            self.reporter.events(committed)
+
+    def _throttle(self, specialist: str, delay: float | None, task: str) -> None:
+        """A rate limit belongs to the provider's account: none of its agents start until
+        the delay (with jitter) has passed, and its concurrency halves (AIMD; it climbs
+        back by one with each success)."""
+        provider = self._providers.get(specialist)
+        if provider is None:
+            return
+        self.rate_limited += 1
+        wait = (delay if delay is not None else DEFAULT_RATE_LIMIT_WAIT) * (
+            1 + self.rng.uniform(0, 0.25)
+        )
+        now = self.clock.now()
+        until = now + wait
+        fresh = self._held_until.get(provider, 0.0) <= now  # not already waiting
+        names = [s for s, p in self._providers.items() if p == provider]
+        limits: dict[str, int] = {}
+        for name in names:
+            limiter = self.scheduler.limiters[name]
+            if fresh:
+                self.scheduler.set_limit(name, limiter.total_tokens // 2)
+            self.scheduler.hold(name, True)
+            limits[name] = limiter.total_tokens
+        if until > self._held_until.get(provider, 0.0):
+            self._held_until[provider] = until
+            asyncio.get_running_loop().call_later(wait, self._release, provider, until)
+        self.journal.event(
+            self.run_id,
+            Event(
+                EventKind.RATE_LIMITED,
+                now,
+                task=task,
+                data={"provider": provider, "wait": round(wait, 3), "limits": limits},
+            ),
+        )
+
+    def _release(self, provider: str, until: float) -> None:
+        if self._held_until.get(provider) != until:
+            return  # a later rate limit extended the wait
+        for name, p in self._providers.items():
+            if p == provider:
+                self.scheduler.hold(name, False)
+        with self.journal.transaction() as committed:
+            self.journal.event(
+                self.run_id,
+                Event(EventKind.THROTTLE_RELEASED, self.clock.now(), data={"provider": provider}),
+            )
+        self.reporter.events(committed)
+        self._inbox.put_nowait(("wake", "", 0, None))
+
+    def _recover_limit(self, specialist: str) -> None:
+        limiter = self.scheduler.limiters[specialist]
+        if limiter.total_tokens < self.scheduler.limits[specialist]:
+            self.scheduler.set_limit(specialist, limiter.total_tokens + 1)
+
+    def _over_budget(self) -> bool:
+        s = self.settings
+        return (s.max_cost_usd is not None and self.spent_usd >= s.max_cost_usd) or (
+            s.max_tokens is not None and self.spent_tokens >= s.max_tokens
+        )
+
+    def _stop_for_budget(self) -> None:
+        """No new task starts; running ones finish; the run stays resumable."""
+        self._budget_stop = True
+        self.journal.event(
+            self.run_id,
+            Event(
+                EventKind.BUDGET_EXHAUSTED,
+                self.clock.now(),
+                data={
+                    "spent_usd": round(self.spent_usd, 6),
+                    "max_cost_usd": self.settings.max_cost_usd,
+                    "tokens": self.spent_tokens,
+                    "max_tokens": self.settings.max_tokens,
+                },
+            ),
+        )
 
     # ------------------------------------------------------------ process groups
 
@@ -752,6 +905,6 @@ def local_executor(prepared: Prepared, monitor: Monitor | None = None) -> Execut
     callables = {
         name: spec.func or specialist_function(spec, prepared.plan.source)
         for name, spec in prepared.plan.specialists.items()
-        if spec.argv is None and spec.shell_script is None
+        if spec.argv is None and spec.shell_script is None and spec.agent is None
     }
     return LocalExecutor(callables, monitor=monitor)

@@ -43,7 +43,14 @@ class Jobs:
     def instance(self, name: str, specialist: str) -> InstanceSpec:
         return InstanceSpec(name, specialist, dict(self.plan.specialists[specialist].env))
 
-    def make(self, task: str, instance: str, attempt: int, workdir: Path) -> Job:
+    def make(
+        self,
+        task: str,
+        instance: str,
+        attempt: int,
+        workdir: Path,
+        resume_session: str | None = None,
+    ) -> Job:
         spec = self.plan.by_id[task]
         name = safe_name(spec.id)
         stem = f"{name}.{attempt}" if attempt > 1 else name
@@ -88,7 +95,9 @@ class Jobs:
             stdout_path=stdout_path,
             stderr_path=self.log_dir / f"{stem}.err",
             argv=argv,
-            env=ctx.env() if argv is not None else {},
+            env=ctx.env() if argv is not None or specialist.agent is not None else {},
+            agent=specialist.agent,
+            resume_session=resume_session if specialist.agent is not None else None,
         )
 
     def _ref(self, ph: tpl.Placeholder) -> str:

@@ -28,9 +28,16 @@ from typing import Any
 from ._errors import UsageError
 from ._monitor import Sample
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Columns added after a table first shipped: older journals get them on open.
-_ADDED_COLUMNS = (("attempts", "cpu_s", "REAL"), ("attempts", "peak_rss", "INTEGER"))
+_ADDED_COLUMNS = (
+    ("attempts", "cpu_s", "REAL"),
+    ("attempts", "peak_rss", "INTEGER"),
+    ("attempts", "cost_usd", "REAL"),  # what an agent reported (or was estimated) to spend
+    ("attempts", "tokens", "INTEGER"),
+    ("attempts", "cost_estimated", "INTEGER"),
+    ("attempts", "session_id", "TEXT"),
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -159,6 +166,9 @@ class EventKind(StrEnum):
     GUARD_RELEASE = "guard_release"
     WATCHER_UNAVAILABLE = "watcher_unavailable"
     STRAY_CHANGES_UNDONE = "stray_changes_undone"
+    RATE_LIMITED = "rate_limited"
+    THROTTLE_RELEASED = "throttle_released"
+    BUDGET_EXHAUSTED = "budget_exhausted"
 
 
 @dataclass(frozen=True)
@@ -377,6 +387,41 @@ class Journal:
             " WHERE run_id=? AND task_id=? AND attempt=?",
             (status, started, ended, exit_code, error, run_id, task, attempt),
         )
+
+    def attempt_spend(
+        self,
+        run_id: str,
+        task: str,
+        attempt: int,
+        *,
+        cost_usd: float | None,
+        tokens: int | None,
+        estimated: bool,
+        session_id: str | None,
+    ) -> None:
+        self._write(
+            "UPDATE attempts SET cost_usd=?, tokens=?, cost_estimated=?, session_id=?"
+            " WHERE run_id=? AND task_id=? AND attempt=?",
+            (cost_usd, tokens, int(estimated), session_id, run_id, task, attempt),
+        )
+
+    def spend(self, run_id: str) -> tuple[float, int, bool]:
+        """USD and tokens the run's attempts spent so far, and whether any USD is estimated."""
+        try:
+            row = self.db.execute(
+                "SELECT COALESCE(SUM(cost_usd), 0), COALESCE(SUM(tokens), 0),"
+                " COALESCE(MAX(cost_estimated), 0) FROM attempts WHERE run_id=?",
+                (run_id,),
+            ).fetchone()
+        except sqlite3.OperationalError:  # a journal older than agent spend, read only
+            return 0.0, 0, False
+        return float(row[0]), int(row[1]), bool(row[2])
+
+    def count_events(self, run_id: str, kind: str) -> int:
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM events WHERE run_id=? AND kind=?", (run_id, kind)
+        ).fetchone()
+        return int(row[0])
 
     def task_ended(
         self,

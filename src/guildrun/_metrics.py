@@ -12,6 +12,7 @@ Definitions (docs/metrics.md has the long form):
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -73,6 +74,11 @@ class Summary:
     speedup: float | None = None  # against a measured run, see speedup_vs; else unknown
     speedup_vs: str | None = None  # "measured sequential", "measured one instance per ..."
     baseline_run: str | None = None  # the run the speedup was measured against
+    cost_usd: float = 0.0  # what the agents reported spending (or estimated from tokens)
+    cost_estimated: bool = False
+    tokens: int = 0
+    rate_limited: int = 0  # how many times a provider's rate limit was met
+    max_cost_usd: float | None = None  # the run's budget, if any
 
     @property
     def ok(self) -> bool:
@@ -100,6 +106,10 @@ class Summary:
             "baseline_run": self.baseline_run,
             "utilization": round(self.utilization, 4),
             "steals": self.steals,
+            "cost_usd": round(self.cost_usd, 6),
+            "cost_estimated": self.cost_estimated,
+            "tokens": self.tokens,
+            "rate_limited": self.rate_limited,
             "failures": [
                 {"task": t.id, "cause": t.cause, "log": t.log, "tail": t.tail}
                 for t in self.tasks
@@ -174,6 +184,11 @@ def summarize(journal: Journal, run_id: str) -> Summary:
         lines.append(line)
     pending = sum(n for s, n in states.items() if s not in ("done", "failed", "skipped"))
     baseline = measured_baseline(journal, run)
+    usd, tokens, estimated = journal.spend(run_id)
+    try:
+        budget = json.loads(run["settings_json"]).get("max_cost_usd")
+    except (ValueError, AttributeError):
+        budget = None
     return Summary(
         run_id=run_id,
         status=run["status"],
@@ -192,6 +207,11 @@ def summarize(journal: Journal, run_id: str) -> Summary:
         speedup=baseline.wall_s / wall if baseline is not None and wall > 0 else None,
         speedup_vs=baseline.kind if baseline is not None else None,
         baseline_run=baseline.run_id if baseline is not None else None,
+        cost_usd=usd,
+        cost_estimated=estimated,
+        tokens=tokens,
+        rate_limited=journal.count_events(run_id, "rate_limited"),
+        max_cost_usd=budget,
     )
 
 

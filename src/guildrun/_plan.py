@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from pydantic.json_schema import SkipJsonSchema
 
 from . import _templates as tpl
+from ._agents.base import AgentSpec
 from ._errors import PlanError
 from ._glob import Glob
 from ._limits import MAX_ARG_STRLEN, MAX_NAME, arg_max, env_problem, too_long, total_cost
@@ -97,6 +98,33 @@ class Specialist(BaseModel):
     can_help: list[str] = Field(
         default_factory=list,
         description="Specialists whose overflow work an idle instance of this one may take.",
+    )
+    agent: Literal["claude", "codex", "gemini", "aider"] | None = Field(
+        default=None,
+        description=(
+            "A coding agent CLI run non-interactively for each task, its own verdict, cost "
+            "and rate limits read as it runs (instead of 'run' or 'python')."
+        ),
+    )
+    program: str | None = Field(
+        default=None, description="The agent's executable (default: on PATH)."
+    )
+    model: str | None = Field(default=None, description="The agent's model.")
+    system_prompt: str | None = Field(default=None, description="Appended to the agent's own.")
+    tools: list[str] = Field(default_factory=list, description="Tools the agent may use.")
+    permission_mode: str | None = Field(
+        default=None, description="The agent's permission mode (claude default: acceptEdits)."
+    )
+    max_turns: int | None = Field(default=None, ge=1, description="Most agent turns a task.")
+    flags: list[str] = Field(default_factory=list, description="Extra arguments for the agent.")
+    provider: str | None = Field(
+        default=None, description="Whose rate limits it shares (default: the agent kind)."
+    )
+    keep_context: bool = Field(
+        default=False, description="An instance continues its previous session for its next task."
+    )
+    max_cost_usd: float | None = Field(
+        default=None, gt=0, description="Most USD one task may spend (passed to the agent)."
     )
     func: SkipJsonSchema[Callable[..., Any] | None] = Field(default=None, exclude=True)
 
@@ -588,6 +616,8 @@ class SpecialistSpec:
     can_help: tuple[str, ...] = ()
     # Where a `python: module:function` is looked up first (see _loader).
     root: Path | None = None
+    agent: AgentSpec | None = None
+    keep_context: bool = False
 
 
 @dataclass(frozen=True)
@@ -626,6 +656,31 @@ def compile_plan(plan: Plan, root: Path, settings: Settings | None = None) -> Co
     )
 
 
+def _agent_spec(name: str, spec: Specialist, base: FieldPath, report: _Report) -> AgentSpec | None:
+    """The agent a specialist names, checked: its program must be there to run."""
+    if spec.agent is None:
+        return None
+    from ._agents import PRESETS
+
+    agent = AgentSpec(
+        agent=spec.agent,
+        program=spec.program,
+        model=spec.model,
+        system_prompt=spec.system_prompt,
+        tools=tuple(spec.tools),
+        permission_mode=spec.permission_mode,
+        max_turns=spec.max_turns,
+        flags=tuple(spec.flags),
+        provider=spec.provider,
+        max_cost_usd=spec.max_cost_usd,
+    )
+    problem = PRESETS[spec.agent].check(agent, spec.env.get("PATH") or os.environ.get("PATH"))
+    if problem is not None:
+        field = "program" if spec.program else "agent"
+        report.error(base + (field,), problem.replace("specialists.NAME", f"specialists.{name}"))
+    return agent
+
+
 def _compile_specialists(
     plan: Plan, report: _Report, root: Path | None
 ) -> dict[str, SpecialistSpec]:
@@ -637,9 +692,12 @@ def _compile_specialists(
         if len(name) > MAX_NAME or not name or "\x00" in name:
             report.error(base, f"a specialist name is 1 to {MAX_NAME} characters, no NUL")
             continue
-        ways = sum(x is not None for x in (spec.run, spec.python, spec.func))
+        ways = sum(x is not None for x in (spec.run, spec.python, spec.func, spec.agent))
         if ways != 1:
-            report.error(base, f"specialist {name!r} needs exactly one of 'run' or 'python'")
+            report.error(
+                base, f"specialist {name!r} needs exactly one of 'run', 'python' or 'agent'"
+            )
+        agent = _agent_spec(name, spec, base, report)
         argv: tuple[tuple[tpl.Part, ...], ...] | None = None
         script: str | None = None
         if spec.run is not None:
@@ -669,6 +727,8 @@ def _compile_specialists(
             affinity=spec.affinity,
             can_help=tuple(dict.fromkeys(spec.can_help)),
             root=root,
+            agent=agent,
+            keep_context=spec.keep_context,
         )
     for name, spec in plan.specialists.items():
         for j, other in enumerate(spec.can_help):

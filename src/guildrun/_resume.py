@@ -13,8 +13,9 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -32,7 +33,7 @@ from ._runlock import run_lock
 from ._settings import Settings
 from ._workspaces.shared import Store
 
-_UNFINISHED = ("running", "interrupted")
+_UNFINISHED = ("running", "interrupted", "budget")
 
 
 def _pick_run(journal: Journal, run_id: str | None) -> str:
@@ -61,6 +62,7 @@ def prepare_resume(
     retry_failed: bool = False,
     executor: Executor | None = None,
     clock: Clock | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> tuple[Prepared, str, ResumeState]:
     """Stop leftover agents, roll back their attempts, and say what is left to do."""
     project = find_root(root)
@@ -70,14 +72,17 @@ def prepare_resume(
         row = journal.run(run_id)
         model = plan or Plan.model_validate_json(row["plan_json"])
         if plan is None and any(
-            s.run is None and s.python is None for s in model.specialists.values()
+            s.run is None and s.python is None and s.agent is None
+            for s in model.specialists.values()
         ):
             raise UsageError(
                 f"run {run_id} was built in code with Python callables; resume it from code: "
                 "guildrun.resume(run_id, plan=the_same_plan)"
             )
         model.source = row["plan_source"]
-        settings = Settings.model_validate_json(row["settings_json"])
+        saved = Settings.model_validate_json(row["settings_json"])
+        # A resume may raise the budget (`--max-cost-usd`): a budget stop is resumable.
+        settings = saved.model_copy(update=dict(overrides or {}))
         compiled = compile_plan(model, project, settings)
         limits = {k: int(v) for k, v in json.loads(row["limits_json"]).items()}
         attempts = journal.attempts(run_id)
@@ -135,6 +140,7 @@ async def resume_async(
     own_files: Iterable[str] = (),
     executor: Executor | None = None,
     clock: Clock | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> Summary:
     """Continue an interrupted run (the latest one when `run_id` is None).
 
@@ -144,7 +150,13 @@ async def resume_async(
     project = find_root(root)
     with run_lock(project, run_id or "resume"):
         prepared, rid, state = prepare_resume(
-            project, run_id, plan=plan, retry_failed=retry_failed, executor=executor, clock=clock
+            project,
+            run_id,
+            plan=plan,
+            retry_failed=retry_failed,
+            executor=executor,
+            clock=clock,
+            overrides=settings,
         )
         return await run_prepared(
             prepared,

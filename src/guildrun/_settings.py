@@ -81,6 +81,14 @@ class Settings(BaseModel):
         default=True,
         description="Catch and undo writes outside the files a task owns (and its `writes`).",
     )
+    max_cost_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="Budget of the run in USD: past it no new task starts (resume with more).",
+    )
+    max_tokens: int | None = Field(
+        default=None, gt=0, description="Budget of the run in agent tokens, likewise."
+    )
     sample_interval: float = Field(
         default=1.0, ge=0, description="Seconds between CPU and memory samples (0: none)."
     )

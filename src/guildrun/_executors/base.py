@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from .._agents.base import AgentSpec, Signal
 from .._clock import Clock, WallClock
 
 
@@ -35,6 +36,7 @@ class Ending(StrEnum):
     RATE_LIMITED = "rate_limited"  # the provider said "later"; not the task's fault
     CONFLICT = "conflict"  # its patch does not merge with what was integrated
     NEEDS_INPUT = "needs_input"  # an agent asked for a permission or an answer
+    AUTH = "auth"  # an agent is not logged in, or its key was refused
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ class Job:
     stderr_path: Path
     argv: tuple[str, ...] | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    agent: AgentSpec | None = None  # an agent CLI preset runs it (argv is then None)
+    resume_session: str | None = None  # the agent continues this session
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,8 @@ class Outcome:
     retry_after: float | None = None  # seconds the provider asked us to wait
     cost_usd: float | None = None
     tokens: int | None = None
+    cost_estimated: bool = False  # from tokens and a price table, not the agent's own figure
+    session_id: str | None = None  # the agent's session, to continue it
 
     @property
     def ok(self) -> bool:
@@ -120,6 +126,7 @@ class Outcome:
 
 
 SpawnListener = Callable[[str, int, int], None]  # (task, attempt, process group)
+SignalListener = Callable[[str, Signal], None]  # (task, what its agent reported live)
 
 
 class Executor(ABC):
@@ -127,12 +134,20 @@ class Executor(ABC):
 
     clock: Clock = WallClock()
     on_spawn: SpawnListener | None = None
+    on_signal: SignalListener | None = None
 
-    def start(self, clock: Clock, on_spawn: SpawnListener | None = None) -> None:
-        """Bind the run's clock, and who hears about the process groups it starts
-        (journaled, so a resume can find them)."""
+    def start(
+        self,
+        clock: Clock,
+        on_spawn: SpawnListener | None = None,
+        on_signal: SignalListener | None = None,
+    ) -> None:
+        """Bind the run's clock; who hears about the process groups it starts (journaled,
+        so a resume can find them), and about what agents report while they run (a rate
+        limit met now throttles their provider at once)."""
         self.clock = clock
         self.on_spawn = on_spawn
+        self.on_signal = on_signal
 
     def open_instance(self, spec: InstanceSpec) -> None:  # noqa: B027 - optional hook
         """The scheduler spawned an instance; keep whatever it needs (an actor, a clone)."""

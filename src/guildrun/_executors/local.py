@@ -14,9 +14,11 @@ import errno
 import functools
 import inspect
 import os
+import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -124,6 +126,7 @@ class LocalExecutor(Executor):
         self._env: dict[str, dict[bytes, bytes]] = {}
         self._instance_env: dict[str, dict[bytes, bytes]] = {}
         self._groups: dict[str, int] = {}  # running task -> process group
+        self._state_root: Path | None = None  # agents' private CLI state, per instance
 
     def open_instance(self, spec: InstanceSpec) -> None:
         env = self._env.get(spec.specialist)
@@ -137,6 +140,8 @@ class LocalExecutor(Executor):
         self._instance_env.pop(name, None)
 
     async def run(self, job: Job) -> Outcome:
+        if job.agent is not None:
+            return await self._agent(job)
         if job.argv is None:
             return await self._call(job)
         return await self._command(job)
@@ -264,6 +269,118 @@ class LocalExecutor(Executor):
             result = str(value)
         return Outcome(Ending.DONE, started, ended, result=result)
 
+    # ------------------------------------------------------------ agent CLIs
+
+    def _state_dir(self, instance: str) -> Path:
+        """An instance's private CLI state (config, login copy, sessions), outside the
+        project so no snapshot, watcher or log ever sees it; removed when the run ends."""
+        if self._state_root is None:
+            self._state_root = Path(tempfile.mkdtemp(prefix="guildrun-agents-"))
+        path = self._state_root / re.sub(r"[^A-Za-z0-9._-]", "_", instance)
+        path.mkdir(mode=0o700, exist_ok=True)
+        return path
+
+    async def _agent(self, job: Job) -> Outcome:
+        """Run an agent CLI through its preset, reading its own verdict while it runs."""
+        from .._agents import PRESETS, Refused, SessionStarted, Signal
+        from .._agents.follow import follow
+
+        assert job.agent is not None
+        spec, ctx, clock = job.agent, job.context, self.clock
+        preset = PRESETS[spec.agent]
+        started = clock.now()
+        try:
+            inv = preset.invocation(
+                spec,
+                prompt=ctx.prompt,
+                files=ctx.files,
+                workdir=ctx.workdir,
+                state_dir=self._state_dir(ctx.instance),
+                resume_session=job.resume_session,
+            )
+            env = self._env_for(job)
+            env.update({os.fsencode(k): os.fsencode(v) for k, v in inv.env.items()})
+            proc = await asyncio.create_subprocess_exec(
+                *inv.argv,
+                cwd=ctx.workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except (OSError, ValueError) as exc:
+            msg = f"cannot start {spec.agent}: {getattr(exc, 'strerror', None) or exc}"
+            job.stderr_path.write_text(msg + "\n")
+            return Outcome(Ending.ERROR, started, clock.now(), error=msg)
+        pid = proc.pid
+        task = ctx.task_id
+        self._groups[task] = pid
+        if self.on_spawn is not None:
+            self.on_spawn(task, ctx.attempt, pid)
+        reader = preset.reader(spec)
+        session: str | None = None
+        refused = False
+
+        def heard(sig: Signal) -> None:
+            nonlocal session, refused
+            if isinstance(sig, SessionStarted):
+                session = sig.session_id
+            elif isinstance(sig, Refused) and not refused:
+                refused = True  # it would retry a refused login for minutes: end it now
+                _kill_group(pid, signal.SIGTERM)
+            if self.on_signal is not None:
+                self.on_signal(task, sig)
+
+        timed_out = False
+        with job.stdout_path.open("wb") as out, job.stderr_path.open("wb") as err:
+            following = asyncio.ensure_future(
+                follow(proc, reader, heard, stdout_log=out, stderr_log=err)
+            )
+            waited = asyncio.ensure_future(proc.wait())
+            try:
+                done, _ = await asyncio.wait({waited}, timeout=job.timeout)
+                if not done:
+                    timed_out = True
+                    await _stop_group(pid, waited, job.kill_grace)
+            except asyncio.CancelledError:
+                await asyncio.shield(_stop_group(pid, waited, job.kill_grace))
+                following.cancel()
+                raise
+            finally:
+                self._groups.pop(task, None)
+                _kill_group(pid, signal.SIGKILL)
+            try:
+                # The pipes close once every process holding them is gone: bounded anyway.
+                stderr_tail = await asyncio.wait_for(following, timeout=10)
+            except TimeoutError:
+                stderr_tail = ""
+        code = proc.returncode if proc.returncode is not None else -9
+        verdict = reader.finish(code, stderr_tail)
+        ending = _AGENT_ENDINGS[verdict.kind]
+        error = verdict.message if ending is not Ending.DONE else None
+        if timed_out:
+            ending, error = Ending.TIMED_OUT, f"timed out after {job.timeout:g}s"
+        return Outcome(
+            ending,
+            started,
+            clock.now(),
+            exit_code=code,
+            error=error,
+            result=verdict.result if ending is Ending.DONE else None,
+            pgid=pid,
+            retry_after=verdict.retry_after_s,
+            cost_usd=verdict.cost_usd,
+            tokens=verdict.tokens,
+            cost_estimated=verdict.cost_estimated,
+            session_id=verdict.session_id or session,
+        )
+
+    def close(self) -> None:
+        if self._state_root is not None:
+            shutil.rmtree(self._state_root, ignore_errors=True)
+            self._state_root = None
+
     # ------------------------------------------------------------ resources and leftovers
 
     def sample(self, now: float) -> Sample | None:
@@ -278,6 +395,16 @@ class LocalExecutor(Executor):
     def stop(self, groups: set[int], grace: float) -> None:
         stop_groups(groups, grace)
 
+
+_AGENT_ENDINGS = {
+    "done": Ending.DONE,
+    "failed": Ending.FAILED,
+    "rate_limited": Ending.RATE_LIMITED,
+    "needs_input": Ending.NEEDS_INPUT,
+    "auth": Ending.AUTH,
+    "timeout": Ending.TIMED_OUT,
+    "error": Ending.ERROR,
+}
 
 _OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 
@@ -298,7 +425,7 @@ def _kill_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-async def _stop_group(pgid: int, exited: asyncio.Future[None], grace: float) -> None:
+async def _stop_group(pgid: int, exited: asyncio.Future[Any], grace: float) -> None:
     _kill_group(pgid, signal.SIGTERM)
     try:
         await asyncio.wait_for(asyncio.shield(exited), timeout=grace)
