@@ -137,7 +137,7 @@ def test_a_rate_limit_storm_throttles_the_provider_and_every_task_finishes(
     assert any(r["status"] == "rate_limited" for r in rows)
     # Throttled: no agent was relaunched blindly into the storm. Relaunching at once
     # would send a request per agent about every process start (~1 s) for 4 s.
-    assert len(during) <= 6, [(r.time, r.path) for r in during]
+    assert len(during) <= 6, [(r.at, r.path) for r in during]
     assert time.monotonic() - started < 300
 
 
