@@ -470,16 +470,15 @@ def test_a_rate_limit_holds_the_provider_and_is_retried_without_counting(project
         "w4": [Act(2.0)],  # ends inside the hold: without it, w5 would start then
         "w5": [Act(0.5)],
     }
-    data = {
-        "settings": {"per_agent_type": 2, "retry": {"attempts": 1}},
-        # The fake executor never runs the agent; `program` only passes the PATH check.
-        "specialists": {"w": {"agent": "claude", "program": "/bin/true"}},
-        "tasks": tasks(5),
-    }
-    prepared = prepare(
-        Plan.model_validate({**data, "settings": {**data["settings"], "sample_interval": 0}}),
-        root=project,
+    plan = Plan.model_validate(
+        {
+            "settings": {"per_agent_type": 2, "retry": {"attempts": 1}, "sample_interval": 0},
+            # The fake executor never runs the agent; `program` only passes the PATH check.
+            "specialists": {"w": {"agent": "claude", "program": "/bin/true"}},
+            "tasks": tasks(5),
+        }
     )
+    prepared = prepare(plan, root=project)
     clock = VirtualClock()
     try:
         summary = clock.run(
