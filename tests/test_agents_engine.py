@@ -38,21 +38,18 @@ def _run(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedPro
     )
 
 
-def _project(tmp_path: Path, server: ModelServer, n: int, **settings: Any) -> dict[str, str]:
+def _project(
+    tmp_path: Path, server: ModelServer, n: int, agent: str = "claude", **settings: Any
+) -> dict[str, str]:
     root = git_repo(tmp_path / "proj")
     home = tmp_path / "home"
     home.mkdir()
     env = clean_env(home)
-    env.update(
-        {
-            "ANTHROPIC_BASE_URL": server.url,
-            "ANTHROPIC_API_KEY": "sk-test-not-a-key",
-            "CLAUDE_CODE_MAX_RETRIES": "0",  # the CLI's own patience: none
-        }
-    )
+    env.update(server.env())
+    env["CLAUDE_CODE_MAX_RETRIES"] = "0"  # the CLI's own patience: none
     plan = {
         "settings": {"per_agent_type": 2, "sample_interval": 0, **settings},
-        "specialists": {"coder": {"agent": "claude", "timeout": 120}},
+        "specialists": {"coder": {"agent": agent, "timeout": 120}},
         "tasks": [
             {
                 "id": f"m{i}",
@@ -170,3 +167,22 @@ def test_not_logged_in_is_shown_as_such_and_not_retried(tmp_path: Path) -> None:
     assert [r["status"] for r in rows] == ["auth"]  # one attempt: retrying cannot help
     (failure,) = json.loads(out.stdout)["failures"]
     assert failure["task"] == "m0" and failure["cause"]
+
+
+# aider is proven through its preset (tests/test_agents_aider.py); through the engine two
+# aider instances in one shared git repository collide on `.git/config.lock` (aider's
+# GitPython writes the repository's config), which the worktree mode is for.
+@pytest.mark.parametrize("agent", ["codex", "gemini"])
+def test_the_other_agents_edit_files_through_the_engine(tmp_path: Path, agent: str) -> None:
+    need_cli(agent)
+    with ModelServer() as server:
+        _script(server, 2)
+        env = _project(tmp_path, server, 2, agent)
+        root = Path(env["GUILDRUN_TEST_ROOT"])
+        done = _run(root, env, "run", "plan.yaml")
+    assert done.returncode == 0, done.stderr + done.stdout
+    summary = json.loads(done.stdout)
+    assert summary["done"] == 2
+    for i in range(2):
+        assert (root / f"src/m{i}.py").read_text().strip() == f"X = {i}"
+    assert summary["tokens"] > 0
