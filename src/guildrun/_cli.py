@@ -273,6 +273,10 @@ def _own_files(args: argparse.Namespace, root: Path) -> list[str]:
 def _finish(summary: Summary, args: argparse.Namespace, con: _Consoles) -> int:
     if args.json:
         print(json.dumps(summary.to_json()))
+        if summary.undone:  # the JSON lists them; a person watching stderr is told too
+            from ._metrics import UNDONE_HINT
+
+            sys.stderr.write(f"guildrun: {UNDONE_HINT}\n")
     else:
         from ._display import print_summary
 

@@ -19,7 +19,7 @@ from rich.text import Text
 
 from ._engine import Reporter
 from ._journal import Event
-from ._metrics import Summary
+from ._metrics import UNDONE_HINT, Summary
 from ._plan import CompiledPlan
 
 
@@ -272,6 +272,8 @@ def print_summary(summary: Summary, console: Console) -> None:
         ("utilization", f"{summary.utilization:.0%}"),
         ("steals", summary.steals),
     ]
+    if summary.undone:
+        rows.append(("undone", f"{sum(len(u.paths) for u in summary.undone)} changes (below)"))
     for k, v in rows:
         table.add_row(k, str(v))
     console.print(table)
@@ -285,3 +287,26 @@ def print_summary(summary: Summary, console: Console) -> None:
     for t in summary.tasks:
         if t.state == "skipped":
             console.print(f"[yellow]skipped[/] {t.id}: {t.cause}", highlight=False)
+    print_extra_files(summary, console)
+    print_undone(summary, console)
+
+
+def print_extra_files(summary: Summary, console: Console) -> None:
+    """Tasks that broke the ownership rules, ran again alone and kept more than their files."""
+    for t in summary.tasks:
+        if t.extra_files:
+            line = Text("ran alone ", style="yellow")
+            line.append(f"{t.id} needed files beyond its own: {', '.join(t.extra_files)}")
+            line.append(" (add them to its files: or writes: to run it in parallel)")
+            console.print(line, highlight=False)
+
+
+def print_undone(summary: Summary, console: Console) -> None:
+    """Every change guildrun put back, with the tasks that were running: never silent."""
+    if not summary.undone:
+        return
+    for u in summary.undone:
+        line = Text("undone ", style="red")
+        line.append(f"{', '.join(u.paths)} (running then: {', '.join(u.running) or 'none'})")
+        console.print(line, highlight=False)
+    console.print(Text(UNDONE_HINT, style="red"), highlight=False)

@@ -1,0 +1,150 @@
+"""Everyday use (issue 10): nothing undone silently, read-only inputs, rollback that says
+who changed a file, messages that say what to do."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+from rich.console import Console
+
+from guildrun._display import print_summary
+from guildrun._executors.fake import Act
+from guildrun._metrics import UNDONE_HINT, Undone
+
+from .conftest import Runner, write_plan
+from .test_behaviour import Harness
+from .test_faults import agent
+
+TEMP_NAME = re.compile(r"\.[A-Za-z0-9_]{8}\.guildrun\b")  # write_file's temporary files
+
+
+def shown(summary: object) -> str:
+    buf = io.StringIO()
+    print_summary(summary, Console(file=buf, width=400, color_system=None))  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------ nothing undone silently
+
+
+def test_a_stray_write_while_several_ran_is_in_the_summary_and_fails_the_run(
+    project: Path,
+) -> None:
+    (project / "shared.cfg").write_text("v1\n")
+    ran = Harness("fake", project).run(
+        {
+            "settings": {"per_agent_type": 2},
+            "specialists": {"w": {}},
+            "tasks": [
+                {"id": "x", "specialist": "w", "files": ["x.txt"]},
+                {"id": "y", "specialist": "w", "files": ["y.txt"]},
+            ],
+        },
+        {
+            "x": [Act(0.2, writes={"x.txt": b"x", "shared.cfg": b"by x"})],
+            "y": [Act(1.0, writes={"y.txt": b"y"})],
+        },
+    )
+    s = ran.summary
+    assert s.done == 2
+    assert (project / "shared.cfg").read_text() == "v1\n"
+    assert s.undone == [Undone(["shared.cfg"], ["x", "y"])]
+    assert not s.ok and s.exit_code == 1
+    data = s.to_json()
+    assert data["undone"] == [{"paths": ["shared.cfg"], "running": ["x", "y"]}]
+    assert data["undone_hint"] == UNDONE_HINT
+    text = shown(s)
+    assert "undone shared.cfg (running then: x, y)" in text
+    assert "some changes were undone" in text
+    for way in ("files:", "writes:", "on_violation: sequential", "worktree mode"):
+        assert way in text
+
+
+def test_a_clean_run_has_nothing_undone(project: Path) -> None:
+    ran = Harness("fake", project).run(
+        {"specialists": {"w": {}}, "tasks": [{"id": "a", "specialist": "w", "files": ["a"]}]},
+        {"a": [Act(0.1, writes={"a": b"1"})]},
+    )
+    assert ran.summary.undone == [] and ran.summary.exit_code == 0
+    assert "undone" not in shown(ran.summary)
+
+
+def test_undone_changes_reach_run_json_status_and_the_report(
+    guildrun: Runner, project: Path
+) -> None:
+    (project / "shared.cfg").write_text("v1\n")
+    write_plan(
+        project,
+        {
+            "specialists": {"w": agent(project)},
+            "tasks": [
+                {"id": "x", "specialist": "w", "files": ["x.txt"], "prompt": "stray=shared.cfg"},
+                {"id": "y", "specialist": "w", "files": ["y.txt"], "prompt": "sleep=0.8"},
+            ],
+        },
+    )
+    root = ("--root", str(project))
+    proc = guildrun("run", "plan.yaml", *root, "--json", cwd=project)
+    assert proc.returncode == 1, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["undone"] == [{"paths": ["shared.cfg"], "running": ["x", "y"]}]
+    assert "some changes were undone" in proc.stderr
+    assert (project / "shared.cfg").read_text() == "v1\n"
+
+    status = guildrun("status", *root, cwd=project)
+    assert status.returncode == 0, status.stderr
+    assert "undone shared.cfg (running then: x, y)" in status.stdout
+    assert "on_violation: sequential" in status.stdout
+    status_json = json.loads(guildrun("status", *root, "--json", cwd=project).stdout)
+    assert status_json["undone"] == data["undone"]
+
+    report = guildrun("report", *root, "--json", "--html", str(project / "r.html"), cwd=project)
+    assert report.returncode == 0, report.stderr
+    assert json.loads(report.stdout)["summary"]["undone"] == data["undone"]
+    page = (project / "r.html").read_text()
+    assert "Undone changes" in page and "shared.cfg" in page and "worktree mode" in page
+
+    human = guildrun("run", "plan.yaml", *root, cwd=project)
+    assert human.returncode == 1
+    assert "undone shared.cfg (running then: x, y)" in human.stdout
+    assert "some changes were undone" in human.stdout
+
+
+# ------------------------------------------------------------------ sequential: extra files
+
+
+def test_a_task_run_alone_lists_its_extra_files_without_temporary_names(project: Path) -> None:
+    ran = Harness("fake", project).run(
+        {
+            "settings": {"on_violation": "sequential"},
+            "specialists": {"w": {}},
+            "tasks": [{"id": "greedy", "specialist": "w", "files": ["src/g.py"]}],
+        },
+        # The fake executor writes through guildrun's write_file, temporary file and all.
+        {"greedy": [Act(0.1, writes={"src/g.py": b"g", "src/index.py": b"i"})]},
+    )
+    s = ran.summary
+    assert s.ok, s.to_json()
+    (line,) = s.tasks
+    assert line.extra_files == ["src/index.py"]
+    assert s.to_json()["extra_files"] == {"greedy": ["src/index.py"]}
+    for ev in ran.events:
+        assert not TEMP_NAME.search(ev["data"] or ""), ev["data"]
+    text = shown(s)
+    assert "greedy needed files beyond its own: src/index.py" in text
+    assert (project / "src/index.py").read_text() == "i"
+    assert not [p for p in project.rglob("*") if TEMP_NAME.search(p.name)]
+
+
+def test_a_file_named_like_a_temporary_one_is_still_judged(project: Path) -> None:
+    """An agent cannot hide a write by choosing guildrun's temporary-name pattern."""
+    ran = Harness("fake", project).run(
+        {"specialists": {"w": {}}, "tasks": [{"id": "t", "specialist": "w", "files": ["a"]}]},
+        {"t": [Act(0.1, writes={"a": b"1", ".b.abcd1234.guildrun": b"hidden"})]},
+    )
+    assert ran.summary.failed == 1
+    assert ".b.abcd1234.guildrun" in (ran.summary.tasks[0].cause or "")
+    assert not (project / ".b.abcd1234.guildrun").exists()
