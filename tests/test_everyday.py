@@ -148,3 +148,78 @@ def test_a_file_named_like_a_temporary_one_is_still_judged(project: Path) -> Non
     assert ran.summary.failed == 1
     assert ".b.abcd1234.guildrun" in (ran.summary.tasks[0].cause or "")
     assert not (project / ".b.abcd1234.guildrun").exists()
+
+
+# ------------------------------------------------------------------ rollback
+
+
+def test_a_refused_rollback_lists_every_conflict_and_who_made_it(
+    guildrun: Runner, project: Path
+) -> None:
+    ran = Harness("fake", project).run(
+        {
+            "settings": {"per_agent_type": 1},
+            "specialists": {"w": {}},
+            "tasks": [
+                {"id": "t1", "specialist": "w", "files": ["a.txt"], "scope": "s"},
+                {"id": "t2", "specialist": "w", "files": ["b.txt"], "scope": "s"},
+                {"id": "t3", "specialist": "w", "files": ["a.txt"], "depends_on": ["t1"]},
+            ],
+        },
+        {
+            "t1": [Act(0.1, writes={"a.txt": b"t1"})],
+            "t2": [Act(0.1, writes={"b.txt": b"t2"})],
+            "t3": [Act(0.1, writes={"a.txt": b"t3"})],
+        },
+    )
+    assert ran.summary.ok
+    (project / "b.txt").write_text("edited by a person")
+    rid = ran.summary.run_id
+    proc = guildrun("rollback", rid, "--scope", "s", "--root", str(project), cwd=project)
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert any(
+        "task 't2': b.txt was changed after it finished, outside guildrun" in x for x in lines
+    ), proc.stderr
+    assert any(
+        "task 't1': a.txt was changed after it finished by 't3'; roll that back first" in x
+        for x in lines
+    ), proc.stderr
+    assert "Traceback" not in proc.stderr
+    # Nothing was touched.
+    assert (project / "a.txt").read_text() == "t3"
+    assert (project / "b.txt").read_text() == "edited by a person"
+
+
+def test_after_a_per_task_rollback_the_whole_run_still_rolls_back(
+    guildrun: Runner, project: Path
+) -> None:
+    """A later task that owned a file only to read it never blocks a rollback."""
+    (project / "lib.py").write_text("v0")
+    ran = Harness("fake", project).run(
+        {
+            "specialists": {"w": {}},
+            "tasks": [
+                {"id": "fmt", "specialist": "w", "files": ["lib.py"]},
+                {"id": "lint", "specialist": "w", "files": ["lib.py"], "depends_on": ["fmt"]},
+                {"id": "doc", "specialist": "w", "files": ["doc.md"]},
+            ],
+        },
+        {
+            "fmt": [Act(0.1, writes={"lib.py": b"v1"})],
+            "lint": [Act(0.1)],
+            "doc": [Act(0.1, writes={"doc.md": b"d"})],
+        },
+    )
+    rid = ran.summary.run_id
+    root = ("--root", str(project))
+    proc = guildrun("rollback", rid, "--task", "fmt", *root, cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    assert (project / "lib.py").read_text() == "v0"
+    proc = guildrun("rollback", rid, *root, cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    assert "rolled back doc" in proc.stdout and "rolled back lint" in proc.stdout
+    assert (project / "lib.py").read_text() == "v0"
+    assert not (project / "doc.md").exists()
+    proc = guildrun("rollback", rid, *root, cwd=project)
+    assert proc.returncode == 0 and "nothing to roll back" in proc.stdout
