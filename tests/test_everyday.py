@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -14,7 +15,7 @@ from guildrun._display import print_summary
 from guildrun._executors.fake import Act
 from guildrun._metrics import UNDONE_HINT, Undone
 
-from .conftest import Runner, write_plan
+from .conftest import Runner, compiled, write_plan
 from .test_behaviour import Harness
 from .test_faults import agent
 
@@ -223,3 +224,123 @@ def test_after_a_per_task_rollback_the_whole_run_still_rolls_back(
     assert not (project / "doc.md").exists()
     proc = guildrun("rollback", rid, *root, cwd=project)
     assert proc.returncode == 0 and "nothing to roll back" in proc.stdout
+
+
+# ------------------------------------------------------------------ read-only inputs
+
+
+def test_reads_expand_globs_against_the_tree_and_leave_owned_files_out(project: Path) -> None:
+    for name in ("src/a.py", "src/b.py", "src/deep/c.py", "README.md"):
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text("x")
+    plan = compiled(
+        {
+            "specialists": {"lint": {"run": ["lint", "{reads}"], "reads": ["pyproject.toml"]}},
+            "tasks": [
+                {"id": "t", "specialist": "lint", "files": ["src/a.py"], "reads": ["src/**.py"]},
+                {"id": "u", "specialist": "lint", "reads": ["README.md", "src/*.py"]},
+            ],
+        },
+        project,
+    )
+    t, u = plan.tasks
+    assert t.reads == ("pyproject.toml", "src/b.py", "src/deep/c.py")
+    assert u.reads == ("pyproject.toml", "README.md", "src/a.py", "src/b.py")
+    assert t.resources == ("file:src/a.py",)  # reads are no resource: they never exclude
+
+
+def test_bad_reads_are_named_with_their_field(project: Path) -> None:
+    from guildrun._errors import PlanError
+
+    data = {
+        "specialists": {"w": {"run": ["w", "x{reads}"]}},
+        "tasks": [{"id": "t", "specialist": "w", "reads": ["../secret", "/etc/*"]}],
+    }
+    try:
+        compiled(data, project)
+    except PlanError as exc:
+        text = str(exc)
+    else:
+        raise AssertionError("refused plan was accepted")
+    assert "{reads} must stand alone" in text
+    assert "leaves the project root" in text and "tasks[0].reads" in text
+
+
+def test_a_reads_glob_that_matches_nothing_is_a_warning(project: Path) -> None:
+    from guildrun._plan import Plan, compile_plan, plan_warnings
+
+    plan = Plan.model_validate(
+        {
+            "specialists": {"w": {"run": ["true"]}},
+            "tasks": [{"id": "t", "specialist": "w", "reads": ["docs/**.md"]}],
+        }
+    )
+    compile_plan(plan, project)
+    assert any("matches no file" in w for w in plan_warnings(plan))
+
+
+def test_readers_of_one_file_run_together_and_may_not_write_it(project: Path) -> None:
+    (project / "lib.py").write_text("v0")
+    ran = Harness("fake", project).run(
+        {
+            "settings": {"per_agent_type": 3},
+            "specialists": {"w": {"writes": ["**"]}},
+            "tasks": [
+                {"id": "r1", "specialist": "w", "reads": ["lib.py"], "files": ["o1"]},
+                {"id": "r2", "specialist": "w", "reads": ["lib.py"], "files": ["o2"]},
+                {"id": "rw", "specialist": "w", "reads": ["lib.py"], "depends_on": ["r1"]},
+            ],
+        },
+        {
+            "r1": [Act(1.0, writes={"o1": b"1"})],
+            "r2": [Act(1.0, writes={"o2": b"2"})],
+            "rw": [Act(0.1, writes={"lib.py": b"changed"})],
+        },
+    )
+    span = {a["task_id"]: (a["started"], a["ended"]) for a in ran.attempts}
+    assert span["r2"][0] < span["r1"][1]  # two readers of lib.py at once
+    assert ran.tasks["rw"]["state"] == "failed"  # its writes: ["**"] does not cover an input
+    assert "ownership violation: wrote lib.py" in ran.tasks["rw"]["cause"]
+    assert (project / "lib.py").read_text() == "v0"
+
+
+def test_reads_reach_the_command_and_never_block_rollback(guildrun: Runner, project: Path) -> None:
+    (project / "lib.py").write_text("v0\n")
+    (project / "echo_reads.py").write_text(
+        "import os, sys\n"
+        "out = os.environ['GUILDRUN_FILES']\n"
+        "with open(out, 'w') as fh:\n"
+        "    fh.write(repr(sys.argv[1:]) + '|' + repr(os.environ['GUILDRUN_READS']))\n"
+    )
+    write_plan(
+        project,
+        {
+            "specialists": {
+                "fmt": {"run": ["sh", "-c", "echo v1 > lib.py"]},
+                "check": {"run": [sys.executable, "echo_reads.py", "{reads}"]},
+            },
+            "tasks": [
+                {"id": "fmt", "specialist": "fmt", "files": ["lib.py"]},
+                {
+                    "id": "check",
+                    "specialist": "check",
+                    "files": ["report.txt"],
+                    "reads": ["lib.py", "echo_*.py"],
+                    "depends_on": ["fmt"],
+                },
+            ],
+        },
+    )
+    root = ("--root", str(project))
+    proc = guildrun("run", "plan.yaml", *root, "--json", cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    assert (project / "report.txt").read_text() == (
+        "['lib.py', 'echo_reads.py']|'lib.py\\necho_reads.py'"
+    )
+    rid = json.loads(proc.stdout)["run_id"]
+    proc = guildrun("rollback", rid, "--task", "fmt", *root, cwd=project)
+    assert proc.returncode == 0, proc.stderr  # the reader does not hold lib.py
+    assert (project / "lib.py").read_text() == "v0\n"
+    proc = guildrun("rollback", rid, *root, cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    assert not (project / "report.txt").exists()
