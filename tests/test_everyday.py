@@ -110,8 +110,11 @@ def test_undone_changes_reach_run_json_status_and_the_report(
 
     human = guildrun("run", "plan.yaml", *root, cwd=project)
     assert human.returncode == 1
-    assert "undone shared.cfg (running then: x, y)" in human.stdout
+    assert "UNDONE  shared.cfg (running then: x, y)" in human.stdout  # as it happened
+    assert "undone shared.cfg (running then: x, y)" in human.stdout  # and in the summary
     assert "some changes were undone" in human.stdout
+    runs = guildrun("runs", *root, cwd=project)
+    assert runs.stdout.count("undone 1") == 2, runs.stdout
 
 
 # ------------------------------------------------------------------ sequential: extra files

@@ -506,6 +506,8 @@ def _cmd_runs(args: argparse.Namespace, out: Console) -> int:
         out.print(f"no runs yet in {root}", highlight=False)
     for s, note in rows:
         speedup = f"  speedup {s.speedup:.2f}x vs {s.speedup_vs}" if s.speedup is not None else ""
+        undone = sum(len(u.paths) for u in s.undone)
+        speedup += f"  undone {undone}" if undone else ""
         out.print(
             f"{s.run_id}  {note or s.status:<11} done {s.done} failed {s.failed} "
             f"skipped {s.skipped}  wall {s.wall_s:.2f}s  parallelism {s.parallelism:.2f}x"

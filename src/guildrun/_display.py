@@ -94,6 +94,11 @@ def skip_reason(data: Mapping[str, Any]) -> str:
     return str(data.get("reason") or data.get("cause") or "a dependency did not finish")
 
 
+def _undone_text(d: Mapping[str, Any]) -> str:
+    running = ", ".join(map(str, d.get("running", []))) or "none"
+    return f"{', '.join(map(str, d.get('paths', [])))} (running then: {running})"
+
+
 def _describe(ev: Event) -> str | None:
     d = ev.data or {}
     if ev.kind == "task_started":
@@ -107,6 +112,8 @@ def _describe(ev: Event) -> str | None:
         return f"skipped {ev.task}: {skip_reason(d)}"
     if ev.kind == "task_interrupted":
         return f"stopped {ev.task}: interrupted"
+    if ev.kind == "stray_changes_undone":
+        return f"UNDONE  {_undone_text(d)}"
     if ev.kind == "phase_started":
         return f"phase {d.get('phase')} begins"
     if ev.kind == "phase_ended":
@@ -179,6 +186,8 @@ class LiveReporter(Reporter):
                 spec = ev.instance.rpartition("#")[0]
                 if ev.instance in self.instances.get(spec, []):
                     self.instances[spec].remove(ev.instance)
+            elif k == "stray_changes_undone":
+                self._note("undone", "red", _undone_text(d))
             elif k == "phase_started":
                 self.phase = str(d.get("phase", ""))
             elif k == "guard_hold":
@@ -273,7 +282,8 @@ def print_summary(summary: Summary, console: Console) -> None:
         ("steals", summary.steals),
     ]
     if summary.undone:
-        rows.append(("undone", f"{sum(len(u.paths) for u in summary.undone)} changes (below)"))
+        n = sum(len(u.paths) for u in summary.undone)
+        rows.append(("undone", f"{n} change{'s' if n != 1 else ''} (below)"))
     for k, v in rows:
         table.add_row(k, str(v))
     console.print(table)
