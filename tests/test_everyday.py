@@ -347,3 +347,30 @@ def test_reads_reach_the_command_and_never_block_rollback(guildrun: Runner, proj
     proc = guildrun("rollback", rid, *root, cwd=project)
     assert proc.returncode == 0, proc.stderr
     assert not (project / "report.txt").exists()
+
+
+# ------------------------------------------------------------------ validation
+
+
+def test_a_specialist_error_does_not_hide_the_plans_other_errors(
+    guildrun: Runner, project: Path
+) -> None:
+    (project / "plan.yaml").write_text(
+        "specialists:\n"
+        "  lint:\n"
+        "    run: [lint, '{files}']\n"
+        "  other:\n"
+        "    run: [true]\n"  # YAML's true, not a string: one error, not one per union member
+        "tasks:\n"
+        "  - id: a\n"
+        "    specialist: lnt\n"
+        "    depends_on: [aa]\n"
+    )
+    proc = guildrun("validate", "plan.yaml", "--root", str(project), cwd=project)
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 3, proc.stderr
+    assert lines[0].startswith("guildrun: error: plan.yaml:5: specialists.other.run[0]: ")
+    assert "plan.yaml:8: tasks[0].specialist: task 'a': unknown specialist 'lnt'" in lines[1]
+    assert "(did you mean 'lint'?)" in lines[1]
+    assert "plan.yaml:9: tasks[0].depends_on[0]" in lines[2] and "'aa'" in lines[2]

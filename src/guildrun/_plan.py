@@ -391,10 +391,12 @@ def _schema_errors(
     schema errors can be set aside (a wrong field of a task is dropped, the rest checked)."""
     found: list[tuple[FieldPath, str]] = []
     seen: set[FieldPath] = set()
+    unions: set[FieldPath] = set()  # union fields already reported through one member
     errors = exc.errors()
     for err in errors[: 4 * MAX_PROBLEMS]:
         # A value that fits no member of a union (`run: list or string`) fails once per
-        # member; the members' names are not fields of the plan: name the field once.
+        # member; the members' names are not fields of the plan: name the field once,
+        # through the first member's error (`run[0]` of a list says which element).
         raw: FieldPath = tuple(err["loc"])
         keep_last = err["type"] == "extra_forbidden"
         loc: FieldPath = raw[:1] + tuple(
@@ -402,6 +404,12 @@ def _schema_errors(
             for k, s in enumerate(raw[1:], 1)
             if not _union_member(s) or (keep_last and k == len(raw) - 1)
         )
+        member = next((k for k, s in enumerate(raw) if k and _union_member(s)), None)
+        if member is not None and not keep_last:
+            union = raw[:member]
+            if union in unions:
+                continue
+            unions.add(union)
         if loc in seen:
             continue
         seen.add(loc)
@@ -448,19 +456,21 @@ def _prune(data: dict[str, Any], locs: list[FieldPath]) -> list[FieldPath] | Non
     for loc in locs:
         if (
             len(loc) < 2
-            or loc[0] not in ("tasks", "settings")
-            or (loc[0] == "tasks" and len(loc) < 3)
+            or loc[0] not in ("tasks", "settings", "specialists")
+            or (loc[0] in ("tasks", "specialists") and len(loc) < 3)
         ):
             return None
-        owner: FieldPath = tuple(loc[:2]) if loc[0] == "tasks" else ("settings",)
-        key = loc[2] if loc[0] == "tasks" else loc[1]
-        if key in ("id", "specialist", "depends_on"):
+        owner: FieldPath = tuple(loc[:2]) if loc[0] != "settings" else ("settings",)
+        key = loc[2] if loc[0] != "settings" else loc[1]
+        if loc[0] == "tasks" and key in ("id", "specialist", "depends_on"):
             return None  # others refer to these
         container: Any = data.get(str(owner[0]))
-        if len(owner) == 2:
+        if len(owner) == 2 and loc[0] == "tasks":
             items, at = container, owner[1]
             ok = isinstance(items, list) and isinstance(at, int) and 0 <= at < len(items)
             container = items[at] if ok else None
+        elif len(owner) == 2:
+            container = container.get(owner[1]) if isinstance(container, dict) else None
         if not isinstance(container, dict) or key not in container:
             return None
         del container[key]
