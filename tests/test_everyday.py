@@ -143,6 +143,26 @@ def test_a_task_run_alone_lists_its_extra_files_without_temporary_names(project:
     assert not [p for p in project.rglob("*") if TEMP_NAME.search(p.name)]
 
 
+def test_the_extra_files_of_a_task_run_alone_are_shown_to_people(
+    guildrun: Runner, project: Path
+) -> None:
+    write_plan(
+        project,
+        {
+            "settings": {"on_violation": "sequential"},
+            "specialists": {"w": agent(project)},
+            "tasks": [
+                {"id": "greedy", "specialist": "w", "files": ["g.txt"], "prompt": "stray=idx.txt"}
+            ],
+        },
+    )
+    proc = guildrun("run", "plan.yaml", "--root", str(project), cwd=project)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ran alone, needed idx.txt)" in proc.stdout  # the live line
+    assert "ran alone greedy needed files beyond its own: idx.txt" in proc.stdout
+    assert ".guildrun" not in proc.stdout.split("needed")[1].split("\n")[0]
+
+
 def test_a_file_named_like_a_temporary_one_is_still_judged(project: Path) -> None:
     """An agent cannot hide a write by choosing guildrun's temporary-name pattern."""
     ran = Harness("fake", project).run(

@@ -106,7 +106,9 @@ def _describe(ev: Event) -> str | None:
         return f"start   {ev.task} on {ev.instance}{stolen}"
     if ev.kind == "task_finished":
         if d.get("status") == "ok":
-            return f"done    {ev.task} ({d.get('duration', 0):.2f}s)"
+            extra = d.get("extra_files")
+            needed = f"; ran alone, needed {', '.join(map(str, extra))}" if extra else ""
+            return f"done    {ev.task} ({d.get('duration', 0):.2f}s{needed})"
         return f"FAILED  {ev.task}: {d.get('error')}"
     if ev.kind == "task_skipped":
         return f"skipped {ev.task}: {skip_reason(d)}"
