@@ -9,6 +9,7 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from guildrun._display import print_summary
@@ -73,6 +74,7 @@ def test_a_clean_run_has_nothing_undone(project: Path) -> None:
     assert "undone" not in shown(ran.summary)
 
 
+@pytest.mark.slow  # several real runs of the command line
 def test_undone_changes_reach_run_json_status_and_the_report(
     guildrun: Runner, project: Path
 ) -> None:
@@ -327,6 +329,7 @@ def test_readers_of_one_file_run_together_and_may_not_write_it(project: Path) ->
     assert (project / "lib.py").read_text() == "v0"
 
 
+@pytest.mark.slow  # several real runs of the command line
 def test_reads_reach_the_command_and_never_block_rollback(guildrun: Runner, project: Path) -> None:
     (project / "lib.py").write_text("v0\n")
     (project / "echo_reads.py").write_text(
