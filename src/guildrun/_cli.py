@@ -298,6 +298,10 @@ def _own_files(args: argparse.Namespace, root: Path) -> list[str]:
 def _finish(summary: Summary, args: argparse.Namespace, con: _Consoles) -> int:
     if args.json:
         print(json.dumps(summary.to_json()))
+        if summary.undone:  # the JSON lists them; a person watching stderr is told too
+            from ._metrics import UNDONE_HINT
+
+            sys.stderr.write(f"guildrun: {UNDONE_HINT}\n")
     else:
         from ._display import print_summary
 
@@ -528,6 +532,8 @@ def _cmd_runs(args: argparse.Namespace, out: Console) -> int:
         out.print(f"no runs yet in {root}", highlight=False)
     for s, note in rows:
         speedup = f"  speedup {s.speedup:.2f}x vs {s.speedup_vs}" if s.speedup is not None else ""
+        undone = sum(len(u.paths) for u in s.undone)
+        speedup += f"  undone {undone}" if undone else ""
         out.print(
             f"{s.run_id}  {note or s.status:<11} done {s.done} failed {s.failed} "
             f"skipped {s.skipped}  wall {s.wall_s:.2f}s  parallelism {s.parallelism:.2f}x"

@@ -144,6 +144,14 @@ def _task_rules(p: Prepared) -> dict[str, _Rules]:
     return out
 
 
+def _by_suspects(stray: Mapping[str, list[str]]) -> list[tuple[list[str], list[str]]]:
+    """Undone paths grouped by the tasks that may have changed them: one event each."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for path in sorted(stray):
+        groups.setdefault(tuple(stray[path]), []).append(path)
+    return [(paths, list(who)) for who, paths in groups.items()]
+
+
 Message = tuple[str, str, int, Outcome | None]  # ("end" | "wake", task, attempt, outcome)
 
 
@@ -368,13 +376,13 @@ class Engine:
                 check = self.workspace.check([tid for tid, _, _ in ended], set(self._running))
         with self.timings("journal"), self.journal.transaction() as committed:
             self._write_pgids()
-            if check.stray:
+            for paths, suspects in _by_suspects(check.stray):
                 self.journal.event(
                     self.run_id,
                     Event(
                         EventKind.STRAY_CHANGES_UNDONE,
                         self.clock.now(),
-                        data={"paths": check.stray, "running": check.suspects},
+                        data={"paths": paths, "running": suspects},
                     ),
                 )
             decisions: list[Decision] = []

@@ -65,7 +65,8 @@ class Jobs:
             "scope": spec.scope or "",
             "phase": spec.phase,
         }
-        lookup = tpl.simple_lookup({**values, "files": " ".join(spec.files)}, self._ref)
+        listed = {"files": " ".join(spec.files), "reads": " ".join(spec.reads)}
+        lookup = tpl.simple_lookup({**values, **listed}, self._ref)
         prompt = tpl.render(spec.prompt, lookup)
         ctx = TaskContext(
             run_id=self.run_id,
@@ -81,11 +82,12 @@ class Jobs:
             workdir=workdir,
             result_path=self.result_dir / f"{stem}.result",
             log_path=stdout_path,
+            reads=spec.reads,
         )
         argv: tuple[str, ...] | None = None
         if specialist.argv is not None:
             full = tpl.simple_lookup({**values, "prompt": prompt}, self._ref)
-            argv = tuple(tpl.render_argv(specialist.argv, full, spec.files))
+            argv = tuple(tpl.render_argv(specialist.argv, full, spec.files, spec.reads))
         elif specialist.shell_script is not None:
             argv = ("/bin/sh", "-c", specialist.shell_script, "guildrun", *spec.files)
         return Job(

@@ -596,6 +596,27 @@ class Journal:
     def events(self, run_id: str) -> list[sqlite3.Row]:
         return list(self.db.execute("SELECT * FROM events WHERE run_id=? ORDER BY seq", (run_id,)))
 
+    def events_of(self, run_id: str, *kinds: EventKind) -> list[Event]:
+        """The run's events of these kinds, in order, as `Event`s (data decoded)."""
+        marks = ",".join("?" * len(kinds))
+        rows = self.db.execute(
+            f"SELECT time, kind, task, instance, data FROM events"  # noqa: S608 - only marks
+            f" WHERE run_id=? AND kind IN ({marks}) ORDER BY seq",
+            (run_id, *kinds),
+        )
+        return [
+            Event(r["kind"], r["time"], r["task"], r["instance"], json.loads(r["data"] or "{}"))
+            for r in rows
+        ]
+
+    def snapshots(self, run_id: str) -> list[sqlite3.Row]:
+        """Every snapshot row of a run, for rollback's view of who changed what."""
+        return list(
+            self.db.execute(
+                "SELECT * FROM snapshots WHERE run_id=? ORDER BY task_id, attempt, path", (run_id,)
+            )
+        )
+
 
 def durations_by_work(path: Path) -> list[tuple[str, list[str], float]]:
     """(specialist, files, seconds) of every successful attempt in a journal: the

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ._journal import Journal
+from ._journal import EventKind, Journal
 from ._logtail import log_excerpt
 from ._speedup import measured_baseline
 from ._wall import Span, active_seconds, active_spans, clip, segment_end
@@ -38,6 +38,24 @@ class TaskLine:
     cause: str | None
     log: str | None = None
     tail: list[str] = field(default_factory=list)
+    extra_files: list[str] = field(default_factory=list)  # needed beyond its own, run alone
+
+
+@dataclass
+class Undone:
+    """Changes undone because no task may make them, and the tasks that were running."""
+
+    paths: list[str]
+    running: list[str]
+
+
+# What a person can do about an undone change; said wherever undone changes are listed.
+UNDONE_HINT = (
+    "some changes were undone: no task that was running may write them. To allow such a "
+    "write, add the file to the task's files:, or a glob for it to writes:, or set "
+    "on_violation: sequential (the task runs again alone and keeps what it needed), "
+    "or run in worktree mode."
+)
 
 
 @dataclass
@@ -79,10 +97,12 @@ class Summary:
     tokens: int = 0
     rate_limited: int = 0  # how many times a provider's rate limit was met
     max_cost_usd: float | None = None  # the run's budget, if any
+    undone: list[Undone] = field(default_factory=list)  # stray changes put back
 
     @property
     def ok(self) -> bool:
-        return self.failed == 0 and self.skipped == 0 and self.pending == 0
+        clean = self.failed == 0 and self.skipped == 0 and self.pending == 0
+        return clean and not self.undone
 
     @property
     def exit_code(self) -> int:
@@ -116,7 +136,11 @@ class Summary:
                 if t.state == "failed"
             ],
             "skips": [{"task": t.id, "cause": t.cause} for t in self.tasks if t.state == "skipped"],
+            "undone": [asdict(u) for u in self.undone],
+            "extra_files": {t.id: t.extra_files for t in self.tasks if t.extra_files},
         }
+        if self.undone:
+            out["undone_hint"] = UNDONE_HINT
         if details:
             out["tasks"] = [asdict(t) for t in self.tasks]
             out["instances"] = [
@@ -183,6 +207,14 @@ def summarize(journal: Journal, run_id: str) -> Summary:
             line.log, line.tail = log, tail
         lines.append(line)
     pending = sum(n for s, n in states.items() if s not in ("done", "failed", "skipped"))
+    undone: list[Undone] = []
+    by_id = {line.id: line for line in lines}
+    for ev in journal.events_of(run_id, EventKind.STRAY_CHANGES_UNDONE, EventKind.TASK_FINISHED):
+        d = ev.data or {}
+        if ev.kind is EventKind.STRAY_CHANGES_UNDONE:
+            undone.append(Undone(list(d.get("paths", [])), list(d.get("running", []))))
+        elif ev.task in by_id and d.get("extra_files"):
+            by_id[ev.task].extra_files = list(d["extra_files"])
     baseline = measured_baseline(journal, run)
     usd, tokens, estimated = journal.spend(run_id)
     try:
@@ -212,6 +244,7 @@ def summarize(journal: Journal, run_id: str) -> Summary:
         tokens=tokens,
         rate_limited=journal.count_events(run_id, "rate_limited"),
         max_cost_usd=budget,
+        undone=undone,
     )
 
 

@@ -60,8 +60,9 @@ class Specialist(BaseModel):
         default=None,
         description=(
             "Command for one task: a list of arguments (or one string split like a shell "
-            "would, but never run by one). Placeholders: {task_id} {prompt} {files} {instance} "
-            "{attempt} {workdir} {specialist} {scope} {phase} {result:ID} {results:PHASE}."
+            "would, but never run by one). Placeholders: {task_id} {prompt} {files} {reads} "
+            "{instance} {attempt} {workdir} {specialist} {scope} {phase} {result:ID} "
+            "{results:PHASE}."
         ),
     )
     python: str | None = Field(
@@ -88,6 +89,10 @@ class Specialist(BaseModel):
     retry: RetrySettings | None = Field(default=None, description="Overrides settings.retry.")
     writes: list[str] = Field(
         default_factory=list, description="Globs its tasks may also write (an index, a lock file)."
+    )
+    reads: list[str] = Field(
+        default_factory=list,
+        description="Paths or globs each of its tasks reads but may not change ({reads}).",
     )
     on_violation: Literal["fail", "sequential"] | None = Field(
         default=None, description="Overrides settings.on_violation."
@@ -169,13 +174,20 @@ class Task(BaseModel):
     on_violation: Literal["fail", "sequential"] | None = Field(
         default=None, description="Overrides the specialist's."
     )
+    reads: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Paths or globs it reads but may not change: {reads} and $GUILDRUN_READS. They "
+            "never make tasks wait for each other (use depends_on) and never block rollback."
+        ),
+    )
 
     @field_validator("id", "specialist", "scope", mode="before")
     @classmethod
     def _ids(cls, value: Any) -> Any:
         return _as_str(value)
 
-    @field_validator("depends_on", "locks", "files", mode="before")
+    @field_validator("depends_on", "locks", "files", "reads", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         if isinstance(value, str | int):
@@ -407,10 +419,12 @@ def _schema_errors(
     schema errors can be set aside (a wrong field of a task is dropped, the rest checked)."""
     found: list[tuple[FieldPath, str]] = []
     seen: set[FieldPath] = set()
+    unions: set[FieldPath] = set()  # union fields already reported through one member
     errors = exc.errors()
     for err in errors[: 4 * MAX_PROBLEMS]:
         # A value that fits no member of a union (`run: list or string`) fails once per
-        # member; the members' names are not fields of the plan: name the field once.
+        # member; the members' names are not fields of the plan: name the field once,
+        # through the first member's error (`run[0]` of a list says which element).
         raw: FieldPath = tuple(err["loc"])
         keep_last = err["type"] == "extra_forbidden"
         loc: FieldPath = raw[:1] + tuple(
@@ -418,6 +432,12 @@ def _schema_errors(
             for k, s in enumerate(raw[1:], 1)
             if not _union_member(s) or (keep_last and k == len(raw) - 1)
         )
+        member = next((k for k, s in enumerate(raw) if k and _union_member(s)), None)
+        if member is not None and not keep_last:
+            union = raw[:member]
+            if union in unions:
+                continue
+            unions.add(union)
         if loc in seen:
             continue
         seen.add(loc)
@@ -464,19 +484,21 @@ def _prune(data: dict[str, Any], locs: list[FieldPath]) -> list[FieldPath] | Non
     for loc in locs:
         if (
             len(loc) < 2
-            or loc[0] not in ("tasks", "settings")
-            or (loc[0] == "tasks" and len(loc) < 3)
+            or loc[0] not in ("tasks", "settings", "specialists")
+            or (loc[0] in ("tasks", "specialists") and len(loc) < 3)
         ):
             return None
-        owner: FieldPath = tuple(loc[:2]) if loc[0] == "tasks" else ("settings",)
-        key = loc[2] if loc[0] == "tasks" else loc[1]
-        if key in ("id", "specialist", "depends_on"):
+        owner: FieldPath = tuple(loc[:2]) if loc[0] != "settings" else ("settings",)
+        key = loc[2] if loc[0] != "settings" else loc[1]
+        if loc[0] == "tasks" and key in ("id", "specialist", "depends_on"):
             return None  # others refer to these
         container: Any = data.get(str(owner[0]))
-        if len(owner) == 2:
+        if len(owner) == 2 and loc[0] == "tasks":
             items, at = container, owner[1]
             ok = isinstance(items, list) and isinstance(at, int) and 0 <= at < len(items)
             container = items[at] if ok else None
+        elif len(owner) == 2:
+            container = container.get(owner[1]) if isinstance(container, dict) else None
         if not isinstance(container, dict) or key not in container:
             return None
         del container[key]
@@ -596,6 +618,7 @@ class TaskSpec:
     prompt: tuple[tpl.Part, ...]
     timeout: float | None
     estimate: float | None = None
+    reads: tuple[str, ...] = ()  # read-only inputs: not resources, never snapshotted
 
     @property
     def resources(self) -> tuple[str, ...]:
@@ -770,9 +793,10 @@ def _compile_argv(
         except tpl.TemplateError as exc:
             report.error(where, str(exc))
             return None
-        if tpl.Placeholder("files") in parts and len(parts) != 1:
-            report.error(where, "{files} must stand alone as one argument")
-            return None
+        for alone in ("files", "reads"):
+            if tpl.Placeholder(alone) in parts and len(parts) != 1:
+                report.error(where, f"{{{alone}}} must stand alone as one argument")
+                return None
         parsed.append(parts)
     return tuple(parsed)
 
@@ -829,6 +853,7 @@ def _compile_structure(plan: Plan, root: Path | None, report: _Report) -> Compil
 
     specs: list[TaskSpec] = []
     folders: dict[str, Path] = {}
+    inputs = _Reads(root, report, folders)
     for i, task in enumerate(plan.tasks):
         base: FieldPath = ("tasks", i)
         tid = _short(task.id)
@@ -899,8 +924,9 @@ def _compile_structure(plan: Plan, root: Path | None, report: _Report) -> Compil
             report.error(base + ("prompt",), f"task {tid}: {exc}")
         if tpl.Placeholder("prompt") in prompt:
             report.error(base + ("prompt",), f"task {tid}: a prompt cannot contain {{prompt}}")
+        reads = inputs.of(task, i, files, specialist, plan.specialists.get(specialist or ""))
         if specialist is not None:
-            _check_exec(task, i, files, specialists[specialist], report)
+            _check_exec(task, i, files, specialists[specialist], report, reads)
         specs.append(
             TaskSpec(
                 index=i,
@@ -915,6 +941,7 @@ def _compile_structure(plan: Plan, root: Path | None, report: _Report) -> Compil
                 prompt=prompt,
                 timeout=task.timeout,
                 estimate=task.estimate,
+                reads=reads,
             )
         )
     by_id = {t.id: t for t in specs if first_seen[t.id] == t.index}
@@ -925,8 +952,94 @@ def _compile_structure(plan: Plan, root: Path | None, report: _Report) -> Compil
     return CompiledPlan(tuple(specs), specialists, plan.settings, plan.source, by_id)
 
 
+class _Reads:
+    """A task's read-only inputs: its specialist's `reads` and its own, paths checked like
+    owned files, globs expanded against the project's files (listed once, when a glob
+    first needs them). A file the task owns is not also an input."""
+
+    def __init__(self, root: Path | None, report: _Report, folders: dict[str, Path]) -> None:
+        self.root = root
+        self.report = report
+        self.folders = folders
+        self._tree: list[str] | None = None
+        self._done: dict[str, tuple[str, ...] | None] = {}  # pattern -> paths (None: refused)
+
+    def of(
+        self,
+        task: Task,
+        index: int,
+        files: Sequence[str],
+        name: str | None,
+        specialist: Specialist | None,
+    ) -> tuple[str, ...]:
+        places: list[tuple[FieldPath, str]] = []
+        if name is not None and specialist is not None:
+            places += [
+                (("specialists", name, "reads", j), r) for j, r in enumerate(specialist.reads)
+            ]
+        places += [(("tasks", index, "reads", j), r) for j, r in enumerate(task.reads)]
+        owned = set(files)
+        out: dict[str, None] = {}
+        for where, pattern in places:
+            for path in self._expand(where, pattern, task) or ():
+                if path not in owned:
+                    out[path] = None
+        return tuple(out)
+
+    def _expand(self, where: FieldPath, pattern: str, task: Task) -> tuple[str, ...] | None:
+        if pattern in self._done:
+            return self._done[pattern]
+        paths: tuple[str, ...] | None = None
+        tid = _short(task.id)
+        if self.root is None:
+            paths = (pattern.replace("\\", "/"),)
+        elif not any(c in pattern for c in "*?["):
+            try:
+                paths = (normalize_owned_path(self.root, pattern, self.folders),)
+            except ValueError as exc:
+                self.report.error(where, f"task {tid}: {exc}")
+        else:
+            paths = self._glob(where, pattern, tid)
+        self._done[pattern] = paths
+        return paths
+
+    def _glob(self, where: FieldPath, pattern: str, tid: str) -> tuple[str, ...] | None:
+        assert self.root is not None
+        clean = pattern.replace("\\", "/").removeprefix("./")
+        if clean.startswith(("/", "../")) or clean == ".." or "/../" in clean:
+            self.report.error(where, f"task {tid}: glob {_short(pattern)} leaves the project root")
+            return None
+        try:
+            glob = glob_to_regex(clean)
+        except ValueError as exc:
+            self.report.error(where, str(exc))
+            return None
+        if self._tree is None:
+            from ._fanout import project_files  # git's list of the project (ignores honoured)
+
+            self._tree = sorted(project_files(self.root))
+        found = tuple(f for f in self._tree if glob.match(f) and self._inside(f))
+        if not found:
+            self.report.warn(where, f"reads pattern {_short(pattern)} matches no file")
+        return found
+
+    def _inside(self, path: str) -> bool:
+        """A listed file reached through a link out of the root is no input of the project."""
+        assert self.root is not None
+        try:
+            normalize_owned_path(self.root, path, self.folders)
+        except ValueError:
+            return False
+        return True
+
+
 def _check_exec(
-    task: Task, index: int, files: list[str], spec: SpecialistSpec, report: _Report
+    task: Task,
+    index: int,
+    files: list[str],
+    spec: SpecialistSpec,
+    report: _Report,
+    reads: Sequence[str] = (),
 ) -> None:
     """A command task whose arguments or environment the kernel would refuse never starts."""
     if spec.argv is None and spec.shell_script is None:
@@ -953,12 +1066,27 @@ def _check_exec(
             f"one environment string may be ({MAX_ARG_STRLEN} bytes); split the task",
         )
         return
-    strings = [joined, "GUILDRUN_PROMPT=" + task.prompt, *(f"{k}={v}" for k, v in spec.env.items())]
+    read_env = "GUILDRUN_READS=" + "\n".join(reads)
+    if too_long(read_env):
+        report.error(
+            base + ("reads",),
+            f"task {_short(task.id)}: its {len(reads)} read-only inputs make $GUILDRUN_READS "
+            f"longer than one environment string may be ({MAX_ARG_STRLEN} bytes); split the task",
+        )
+        return
+    strings = [
+        joined,
+        read_env,
+        "GUILDRUN_PROMPT=" + task.prompt,
+        *(f"{k}={v}" for k, v in spec.env.items()),
+    ]
     if spec.argv is not None:
         known = {"task_id": task.id, "prompt": task.prompt, "scope": task.scope or ""}
         for parts in spec.argv:
             if parts == (tpl.Placeholder("files"),):
                 strings += files
+            elif parts == (tpl.Placeholder("reads"),):
+                strings += reads
             else:
                 text = "".join(p if isinstance(p, str) else known.get(p.name, "") for p in parts)
                 if too_long(text):

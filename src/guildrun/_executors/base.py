@@ -56,6 +56,7 @@ class TaskContext:
     workdir: Path
     result_path: Path
     log_path: Path
+    reads: tuple[str, ...] = ()  # inputs it reads but may not change
 
     def env(self) -> dict[str, str]:
         """The same facts as GUILDRUN_* variables, for commands."""
@@ -67,6 +68,7 @@ class TaskContext:
             "GUILDRUN_SCOPE": self.scope or "",
             "GUILDRUN_PROMPT": self.prompt,
             "GUILDRUN_FILES": "\n".join(self.files),
+            "GUILDRUN_READS": "\n".join(self.reads),
             "GUILDRUN_INSTANCE": self.instance,
             "GUILDRUN_ATTEMPT": str(self.attempt),
             "GUILDRUN_ROOT": str(self.root),

@@ -30,8 +30,8 @@ class Check:
 
     violations: dict[str, list[str]] = field(default_factory=dict)  # task -> paths, undone
     touched: dict[str, list[str]] = field(default_factory=dict)  # task -> its allowed changes
-    stray: list[str] = field(default_factory=list)  # undone, but nobody can be blamed
-    suspects: list[str] = field(default_factory=list)  # who was running when they happened
+    # Undone, but nobody can be blamed: path -> the tasks that may have made the change.
+    stray: dict[str, list[str]] = field(default_factory=dict)
 
 
 class Workspace(ABC):

@@ -554,7 +554,7 @@ class SharedTree(Workspace):
         suspects = self._ran_since_check | set(ended)
         rules = self.rules
         for path in sorted(changed):
-            if rules.ignored(path):
+            if rules.ignored(path) or self._not_a_change(path):
                 continue
             if any(rules.allowed(t, path) for t in running):
                 self._carry.add(path)  # judged when its owner ends
@@ -569,9 +569,16 @@ class SharedTree(Workspace):
         self._judge(out, set(ended), set(running))
         return out
 
+    def _not_a_change(self, path: str) -> bool:
+        """A path that was no file at the start and is none now: a folder (its files are
+        judged one by one), or a file made and removed again, such as the temporary file
+        `write_file` renames over the file it writes (`.name.XXXXXXXX.guildrun`) or a
+        tool's. Such a path never counts as a change, nor as an extra file of a task."""
+        assert self.baseline is not None
+        return path not in self.baseline.index and self.baseline.current(path) is None
+
     def _judge(self, out: Check, ended: set[str], running: set[str]) -> None:
         assert self.baseline is not None
-        blamed: set[str] = set()
         for path in sorted(self._pending):
             who = self._pending[path]
             if who & running:
@@ -583,9 +590,7 @@ class SharedTree(Workspace):
             if len(who) == 1 and who <= ended:
                 out.violations.setdefault(next(iter(who)), []).append(path)
             else:
-                out.stray.append(path)
-                blamed |= who
-        out.suspects = sorted(blamed)
+                out.stray[path] = sorted(who)
 
     def _rescan(self) -> set[str]:
         assert self.baseline is not None
