@@ -111,6 +111,8 @@ def _describe(ev: Event) -> str | None:
         return f"phase {d.get('phase')} begins"
     if ev.kind == "phase_ended":
         return f"phase {d.get('phase')} ends; results in {d.get('results')}"
+    if ev.kind in ("workspace", "gate"):
+        return str(d.get("note"))
     return None
 
 
@@ -285,3 +287,5 @@ def print_summary(summary: Summary, console: Console) -> None:
     for t in summary.tasks:
         if t.state == "skipped":
             console.print(f"[yellow]skipped[/] {t.id}: {t.cause}", highlight=False)
+    for note in summary.workspace:
+        console.print(note, highlight=False, markup=False)

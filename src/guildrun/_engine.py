@@ -184,7 +184,10 @@ class Engine:
         self.ownership = Ownership(
             self.plan, {t: r.writes for t, r in self.rules.items()}, s.ignore, own_files
         )
+        if workspace is None and s.workspace == "worktree":
+            workspace = _worktree_workspace(self)
         self.workspace = workspace or SharedTree(prepared.root, self.ownership, check=s.ownership)
+        self.conflicts: dict[str, int] = {}  # task -> its attempts whose patch did not merge
         self.extra_files: dict[str, list[str]] = {}
         self.timings = _Timings()
         self.scheduler: Scheduler  # made when the run starts
@@ -224,14 +227,11 @@ class Engine:
         with self.timings("ownership"):
             notes = self.workspace.open()
         if notes:
+            kind = EventKind(self.workspace.notes_kind)
+            key = "error" if kind is EventKind.WATCHER_UNAVAILABLE else "note"
             with self.journal.transaction() as noted:
                 for note in notes:
-                    self.journal.event(
-                        self.run_id,
-                        Event(
-                            EventKind.WATCHER_UNAVAILABLE, self.clock.now(), data={"error": note}
-                        ),
-                    )
+                    self.journal.event(self.run_id, Event(kind, self.clock.now(), data={key: note}))
             opening += noted
         # Made only now, so that its first decisions are stamped inside the run.
         self.scheduler = Scheduler(
@@ -262,8 +262,14 @@ class Engine:
         status = await self._loop()
         if status == "done" and any(s.value in ("failed", "skipped") for s in self.scheduler.state):
             status = "failed"
+        with self.timings("workspace"):
+            notes = self.workspace.finish(status)
         end = self.clock.now()
         with self.journal.transaction() as committed:
+            for note in notes:
+                self.journal.event(
+                    self.run_id, Event(EventKind.WORKSPACE, end, data={"note": note})
+                )
             self.journal.write_timings(self.run_id, self.timings.export())
             self.journal.event(
                 self.run_id, Event(EventKind.RUN_ENDED, end, data={"status": status})
@@ -341,7 +347,11 @@ class Engine:
         check = Check()
         if ended:
             with self.timings("ownership"):
-                check = self.workspace.check([tid for tid, _, _ in ended], set(self._running))
+                check = self.workspace.check(
+                    [tid for tid, _, _ in ended],
+                    set(self._running),
+                    {tid for tid, _, o in ended if o.status is Ending.DONE},
+                )
         with self.timings("journal"), self.journal.transaction() as committed:
             self._write_pgids()
             if check.stray:
@@ -356,7 +366,12 @@ class Engine:
             decisions: list[Decision] = []
             for tid, attempt, outcome in ended:
                 decisions += self._conclude(
-                    tid, attempt, outcome, check.violations.get(tid), check.touched.get(tid, [])
+                    tid,
+                    attempt,
+                    outcome,
+                    check.violations.get(tid),
+                    check.touched.get(tid, []),
+                    check.conflicts.get(tid),
                 )
             with self.timings("dispatch"):
                 for tid in woken:
@@ -436,6 +451,7 @@ class Engine:
         o: Outcome,
         violation: list[str] | None,
         touched: list[str],
+        conflict: str | None = None,
     ) -> list[Decision]:
         """Journal one ended attempt, ask the policy what it means, and carry that out."""
         rid = self.run_id
@@ -445,6 +461,8 @@ class Engine:
         if violation:
             shown = ", ".join(violation[:10]) + (" ..." if len(violation) > 10 else "")
             o.status, o.error = Ending.VIOLATION, f"ownership violation: wrote {shown}"
+        elif conflict and o.status is Ending.DONE:
+            o.status, o.error = Ending.CONFLICT, conflict
         self.journal.attempt_ended(
             rid,
             tid,
@@ -476,8 +494,11 @@ class Engine:
             widened,
             spec.scope,
             self.free_attempts.get(tid, 0),
+            self.conflicts.get(tid, 0),
         )
         verdict = decide(self.policy, facts, self.rng)
+        if o.status is Ending.CONFLICT:
+            self.conflicts[tid] = self.conflicts.get(tid, 0) + 1
         if isinstance(verdict, Accept):
             self.results[tid] = o.result or ""
             owned = list(spec.files)
@@ -555,7 +576,9 @@ class Engine:
                     str(job.stderr_path),
                 )
                 with self.timings("snapshot"):
-                    manifest = self.workspace.before(d.task, self.plan.by_id[d.task].files)
+                    manifest = self.workspace.before(
+                        d.task, self.plan.by_id[d.task].files, d.instance
+                    )
                 if manifest is not None:
                     self.journal.snapshot_before(rid, d.task, attempt, manifest)
                 data: dict[str, Any] = {"attempt": attempt}
@@ -743,6 +766,25 @@ async def run_prepared(
 def run(plan: Plan | str | Path, **kwargs: Any) -> Summary:
     """Synchronous `run_async`."""
     return asyncio.run(run_async(plan, **kwargs))
+
+
+def _worktree_workspace(engine: Engine) -> Workspace:
+    """Worktree mode (settings.workspace): on resume, the done tasks missing from the
+    integration branch are integrated again before anything starts."""
+    from ._workspaces.worktree import WorktreeWorkspace
+
+    done = None
+    if engine.resume is not None:
+        done = [t.id for t in engine.plan.tasks if t.id in engine.resume.done]
+    s = engine.settings
+    return WorktreeWorkspace(
+        engine.p.root,
+        engine.run_id,
+        engine.ownership,
+        allow_dirty=s.allow_dirty,
+        apply=s.apply,
+        done=done,
+    )
 
 
 def local_executor(prepared: Prepared, monitor: Monitor | None = None) -> Executor:

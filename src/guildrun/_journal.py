@@ -159,6 +159,8 @@ class EventKind(StrEnum):
     GUARD_RELEASE = "guard_release"
     WATCHER_UNAVAILABLE = "watcher_unavailable"
     STRAY_CHANGES_UNDONE = "stray_changes_undone"
+    WORKSPACE = "workspace"  # worktree mode: the base, the result, how to apply it
+    GATE = "gate"  # a quality gate ran on the integrated tree
 
 
 @dataclass(frozen=True)

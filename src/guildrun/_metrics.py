@@ -12,6 +12,7 @@ Definitions (docs/metrics.md has the long form):
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -73,6 +74,7 @@ class Summary:
     speedup: float | None = None  # against a measured run, see speedup_vs; else unknown
     speedup_vs: str | None = None  # "measured sequential", "measured one instance per ..."
     baseline_run: str | None = None  # the run the speedup was measured against
+    workspace: list[str] = field(default_factory=list)  # worktree mode: base, result, apply
 
     @property
     def ok(self) -> bool:
@@ -107,6 +109,8 @@ class Summary:
             ],
             "skips": [{"task": t.id, "cause": t.cause} for t in self.tasks if t.state == "skipped"],
         }
+        if self.workspace:
+            out["workspace"] = list(self.workspace)
         if details:
             out["tasks"] = [asdict(t) for t in self.tasks]
             out["instances"] = [
@@ -192,7 +196,19 @@ def summarize(journal: Journal, run_id: str) -> Summary:
         speedup=baseline.wall_s / wall if baseline is not None and wall > 0 else None,
         speedup_vs=baseline.kind if baseline is not None else None,
         baseline_run=baseline.run_id if baseline is not None else None,
+        workspace=workspace_notes(journal, run_id),
     )
+
+
+def workspace_notes(journal: Journal, run_id: str) -> list[str]:
+    """What worktree mode said about the run (its base, gates, result, how to apply)."""
+    out: list[str] = []
+    for e in journal.events(run_id):
+        if e["kind"] in ("workspace", "gate") and e["data"]:
+            note = json.loads(e["data"]).get("note")
+            if note:
+                out.append(str(note))
+    return out
 
 
 def instance_key(name: str) -> tuple[str, int, str]:
