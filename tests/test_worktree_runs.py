@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,15 +13,16 @@ from typing import Any
 import pytest
 
 from .conftest import Runner, write_plan
-from .worktree_helpers import make_repo, sh_git
+from .worktree_helpers import TWO_FUNCTIONS, make_repo, sh_git, show
 
 # A stand-in agent. Its prompt is a list of steps, one a line:
 #   write PATH|TEXT        the file becomes TEXT (\n for line breaks)
 #   replace PATH|OLD|NEW   OLD becomes NEW in the file
 #   expect PATH|TEXT       fail (exit 3) unless the file holds TEXT
 #   fail-first             fail the first attempt
+#   sleep SECONDS
 AGENT = r"""
-import os, sys
+import os, sys, time
 if os.environ.get("AGENT_LOG"):
     with open(os.environ["AGENT_LOG"], "a") as fh:
         fh.write(os.environ["GUILDRUN_TASK_ID"] + " " + os.getcwd() + "\n")
@@ -38,6 +42,8 @@ for line in os.environ["GUILDRUN_PROMPT"].splitlines():
             sys.exit(3)
     elif op == "fail-first" and os.environ["GUILDRUN_ATTEMPT"] == "1":
         sys.exit(1)
+    elif op == "sleep":
+        time.sleep(float(rest))
 print("did", os.environ["GUILDRUN_TASK_ID"])
 """
 
@@ -109,3 +115,198 @@ def test_instances_editing_different_files_end_to_end_and_nothing_left(
     assert sorted(tasks.split()) == sorted([f"t{i}" for i in range(6)] + ["edit"])
     assert leftovers(repo) == ([], [])
     assert not (repo / ".guildrun" / "worktrees" / summary["run_id"]).exists()
+
+
+def test_two_tasks_editing_different_functions_of_one_file_are_merged(
+    guildrun: Runner, tmp_path: Path
+) -> None:
+    repo, plan = setup(
+        tmp_path,
+        {"mod.py": TWO_FUNCTIONS},
+        [
+            {"id": "first", "writes": ["mod.py"], "prompt": "replace mod.py|value = 1|value = 10"},
+            {"id": "second", "writes": ["mod.py"], "prompt": "replace mod.py|value = 2|value = 20"},
+        ],
+    )
+    code, summary, err = run(guildrun, repo, plan)
+    assert code == 0, (summary, err)
+    branch = f"guildrun/{summary['run_id']}"
+    merged = show(repo, branch, "mod.py")
+    assert "value = 10" in merged and "value = 20" in merged
+    assert merged == TWO_FUNCTIONS.replace("value = 1", "value = 10").replace(
+        "value = 2", "value = 20"
+    ).rstrip("\n")  # as git show prints it, less the last line break
+    # Without --apply the user's tree is untouched and the summary says how to apply.
+    assert (repo / "mod.py").read_text() == TWO_FUNCTIONS
+    notes = "\n".join(summary["workspace"])
+    assert f"guildrun apply {summary['run_id']}" in notes and branch in notes
+    assert leftovers(repo)[0] == []  # worktrees gone, the result branch kept
+
+
+def test_a_dependent_task_sees_its_dependencys_change(guildrun: Runner, tmp_path: Path) -> None:
+    repo, plan = setup(
+        tmp_path,
+        {"README.md": "hi\n"},
+        [
+            {"id": "api", "files": ["api.py"], "prompt": "write api.py|def api(): ...\\n"},
+            {
+                "id": "use",
+                "depends_on": ["api"],
+                "files": ["use.py"],
+                "prompt": "expect api.py|def api()\nwrite use.py|from api import api\\n",
+            },
+        ],
+    )
+    code, summary, err = run(guildrun, repo, plan, "--apply")
+    assert code == 0, (summary, err)
+    assert (repo / "use.py").read_text() == "from api import api\n"
+    assert (repo / "api.py").read_text() == "def api(): ...\n"
+
+
+def test_a_dirty_tree_is_refused_and_allowed_on_a_snapshot(
+    guildrun: Runner, tmp_path: Path
+) -> None:
+    repo, plan = setup(
+        tmp_path,
+        {"README.md": "hi\n"},
+        [{"id": "t", "files": ["new.txt"], "prompt": "expect README.md|mine\nwrite new.txt|x"}],
+    )
+    (repo / "README.md").write_text("mine\n")
+    got = guildrun("run", str(plan), "--root", str(repo), cwd=repo)
+    assert got.returncode == 2
+    assert "uncommitted changes (README.md)" in got.stderr and "--allow-dirty" in got.stderr
+    assert "Traceback" not in got.stderr
+    code, summary, err = run(guildrun, repo, plan, "--allow-dirty")
+    assert code == 0, (summary, err)
+    assert "plus its uncommitted changes" in summary["workspace"][0]
+    assert (repo / "README.md").read_text() == "mine\n"  # the user's file, never touched
+    assert sh_git(repo, "status", "--porcelain") == "M README.md"
+    # --apply and --allow-dirty mean nothing in the shared tree: said so, not ignored.
+    got = guildrun(
+        "run", str(plan), "--root", str(repo), "--workspace", "shared", "--apply", cwd=repo
+    )
+    assert got.returncode == 2 and "apply needs workspace: worktree" in got.stderr
+
+
+@pytest.mark.slow
+def test_apply_refuses_a_branch_checked_out_elsewhere(guildrun: Runner, tmp_path: Path) -> None:
+    repo, plan = setup(
+        tmp_path,
+        {"README.md": "hi\n"},
+        [{"id": "t", "files": ["a.txt"], "prompt": "write a.txt|a"}],
+    )
+    sh_git(repo, "branch", "feature")
+    other = tmp_path / "other"
+    sh_git(repo, "worktree", "add", "-q", str(other), "feature")
+    code, summary, err = run(guildrun, repo, plan)
+    assert code == 0, (summary, err)
+    rid = summary["run_id"]
+    before = sh_git(repo, "rev-parse", "feature")
+    got = guildrun("apply", rid, "--root", str(repo), "--into", "feature", cwd=repo)
+    assert got.returncode == 2, got.stderr
+    assert "checked out in another worktree" in got.stderr and str(other) in got.stderr
+    assert sh_git(repo, "rev-parse", "feature") == before
+    assert not (other / "a.txt").exists()
+    # Into the current branch it goes, and the run's branch goes with the clean-up.
+    got = guildrun("apply", rid, "--root", str(repo), cwd=repo)
+    assert got.returncode == 0, got.stderr
+    assert (repo / "a.txt").read_text() == "a"
+    assert leftovers(repo) == ([f"worktree {other}"], [])
+
+
+@pytest.mark.slow
+def test_a_true_conflict_is_rerun_then_kept_resolved_by_hand_and_resumed(
+    guildrun: Runner, tmp_path: Path
+) -> None:
+    # Three tasks rewrite one file at once. a lands first; b and c conflict with it and
+    # are re-run on top of a; b's re-run lands before c's ends, so c conflicts again.
+    repo, plan = setup(
+        tmp_path,
+        {"f.txt": "base\n"},
+        [
+            {"id": "a", "writes": ["f.txt"], "prompt": "sleep 0.2\nwrite f.txt|from a\\n"},
+            {"id": "b", "writes": ["f.txt"], "prompt": "sleep 1.5\nwrite f.txt|from b\\n"},
+            {"id": "c", "writes": ["f.txt"], "prompt": "sleep 2.5\nwrite f.txt|from c\\n"},
+            {
+                "id": "after-c",
+                "depends_on": ["c"],
+                "files": ["g.txt"],
+                "prompt": "expect f.txt|by hand\nwrite g.txt|done",
+            },
+        ],
+    )
+    code, summary, err = run(guildrun, repo, plan)
+    assert code == 1, (summary, err)
+    rid = summary["run_id"]
+    assert summary["done"] == 2 and summary["failed"] == 1 and summary["skipped"] == 1
+    [failure] = summary["failures"]
+    kept = f".guildrun/runs/{rid}/conflicts/c.patch"
+    assert (
+        failure["task"] == "c" and failure["cause"] == f"conflict in f.txt (patch kept in {kept})"
+    )
+    assert "from c" in (repo / kept).read_text()
+    assert f"conflicting patch kept: {kept}" in summary["workspace"]
+    assert not any("b.patch" in note for note in summary["workspace"])  # b landed in the end
+    assert show(repo, f"guildrun/{rid}", "f.txt") == "from b"
+    status = json.loads(guildrun("status", rid, "--root", str(repo), "--json", cwd=repo).stdout)
+    attempts = {t["id"]: [a["status"] for a in t["attempt_list"]] for t in status["tasks"]}
+    assert attempts["a"] == ["ok"] and attempts["b"] == ["conflict", "ok"]
+    assert attempts["c"] == ["conflict", "conflict"]
+    # A person merges it in the integration worktree, then guildrun records it.
+    got = guildrun("resolve", rid, "c", "--start", "--root", str(repo), cwd=repo)
+    assert got.returncode == 0, got.stderr
+    where = repo / ".guildrun" / "worktrees" / rid / "_integration"
+    assert "<<<<<<<" in (where / "f.txt").read_text()
+    got = guildrun("resolve", rid, "c", "--root", str(repo), cwd=repo)
+    assert got.returncode == 2 and "still unmerged: f.txt" in got.stderr
+    sh_git(where, "add", "f.txt")
+    got = guildrun("resolve", rid, "c", "--root", str(repo), cwd=repo)
+    assert got.returncode == 2 and "conflict markers left in f.txt" in got.stderr
+    (where / "f.txt").write_text("from b and c, by hand\n")
+    got = guildrun("resolve", rid, "c", "--root", str(repo), cwd=repo)
+    assert got.returncode == 0, got.stderr
+    assert f"guildrun resume {rid}" in got.stdout
+    got = guildrun("resume", rid, "--root", str(repo), "--json", cwd=repo)
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout.splitlines()[-1])["done"] == 4
+    assert show(repo, f"guildrun/{rid}", "g.txt") == "done"
+    assert show(repo, f"guildrun/{rid}", "f.txt") == "from b and c, by hand"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["after-cherry-pick", "after-update-ref"])
+def test_sigkill_in_the_middle_of_integration_then_resume(
+    guildrun: Runner, tmp_path: Path, point: str
+) -> None:
+    repo, plan = setup(
+        tmp_path,
+        {"README.md": "hi\n"},
+        [{"id": f"t{i}", "files": [f"m{i}.txt"], "prompt": f"write m{i}.txt|{i}"} for i in range(4)]
+        + [{"id": "last", "depends_on": ["t0"], "files": ["z.txt"], "prompt": "write z.txt|z"}],
+        settings={"per_agent_type": 1},
+    )
+    got = guildrun(
+        "run",
+        str(plan),
+        "--root",
+        str(repo),
+        "-q",
+        cwd=repo,
+        env={"GUILDRUN_TEST_WORKTREE_CRASH_AT": point},
+    )
+    assert got.returncode == -signal.SIGKILL, got.stderr
+    env = {k: v for k, v in os.environ.items() if k != "GUILDRUN_TEST_WORKTREE_CRASH_AT"}
+    resumed = guildrun("resume", "--root", str(repo), "--json", cwd=repo, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout.splitlines()[-1])
+    assert summary["done"] == 5
+    how = "it had landed" if point == "after-update-ref" else "undone; the task runs again"
+    assert any(
+        re.fullmatch(rf"integration of t\d was cut short \({how}\)", n)
+        for n in summary["workspace"]
+    ), summary["workspace"]
+    rid = f"guildrun/{summary['run_id']}"
+    tasks = sh_git(repo, "log", "--format=%(trailers:key=Guildrun-Task,valueonly)", "main.." + rid)
+    assert sorted(tasks.split()) == ["last", "t0", "t1", "t2", "t3"]  # each exactly once
+    for i in range(4):
+        assert show(repo, rid, f"m{i}.txt") == str(i)

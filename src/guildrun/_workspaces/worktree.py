@@ -60,7 +60,7 @@ class WorktreeWorkspace(Workspace):
         self.base = self.ws.base()
         notes = [f"base: {self.base.describe()}; integrating onto {self.branch}"]
         if recovery.interrupted:
-            how = "it had landed" if recovery.landed else "undone, it is integrated again"
+            how = "it had landed" if recovery.landed else "undone; the task runs again"
             notes.append(f"integration of {recovery.interrupted} was cut short ({how})")
         missing = [t for t in self.done if t not in recovery.integrated]
         again = self._integrate_all(missing)
@@ -129,7 +129,9 @@ class WorktreeWorkspace(Workspace):
                 out.violations[task] = own
                 continue
             [got] = self.ws.integrate([task])
-            if got.status == "conflict":
+            if got.status != "conflict":  # an earlier attempt's conflict is history now
+                self.ws.layout.conflict_file(task).unlink(missing_ok=True)
+            else:
                 where = got.patch_file
                 kept = where.relative_to(self.root) if where is not None else "?"
                 paths = ", ".join(got.conflicts[:5]) or "some files"
