@@ -310,3 +310,84 @@ def test_sigkill_in_the_middle_of_integration_then_resume(
     assert sorted(tasks.split()) == ["last", "t0", "t1", "t2", "t3"]  # each exactly once
     for i in range(4):
         assert show(repo, rid, f"m{i}.txt") == str(i)
+
+
+GATE = (
+    "import glob, sys\n"
+    "bad = sorted(f for f in glob.glob('m*.txt') if 'BAD' in open(f).read())\n"
+    "print('bad files:', bad)\n"
+    "sys.exit(1 if bad else 0)\n"
+)
+
+
+@pytest.mark.slow
+def test_a_failing_gate_is_bisected_to_the_culprit_and_the_rest_kept(
+    guildrun: Runner, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate.py"
+    gate.write_text(GATE)
+    tasks: list[dict[str, Any]] = [
+        {
+            "id": f"t{i}",
+            "files": [f"m{i}.txt"],
+            "prompt": f"write m{i}.txt|{'BAD' if i == 2 else i}",
+            "scope": "api" if i < 2 else "core",
+        }
+        for i in range(5)
+    ]
+    tasks += [
+        {"id": "uses-t2", "phase": "validation", "depends_on": ["t2"], "files": ["v.txt"]},
+        {
+            "id": "uses-t1",
+            "phase": "validation",
+            "depends_on": ["t1"],
+            "files": ["w.txt"],
+            "prompt": "expect m1.txt|1\nwrite w.txt|w",
+        },
+    ]
+    repo, plan = setup(
+        tmp_path,
+        {"README.md": "hi\n"},
+        tasks,
+        gates=[
+            {"name": "no-bad", "run": [sys.executable, str(gate)], "after": "implementation"},
+            {
+                "name": "api-ok",
+                "run": [sys.executable, "-c", "open('m0.txt'), open('m1.txt')"],
+                "after": "scope:api",
+            },
+        ],
+    )
+    code, summary, err = run(guildrun, repo, plan)
+    assert code == 1, (summary, err)
+    rid = summary["run_id"]
+    [failure] = summary["failures"]
+    assert failure["task"] == "t2"
+    assert failure["cause"].startswith("broke gate no-bad: ")
+    assert "bad files: ['m2.txt']" in failure["cause"]
+    assert [s["task"] for s in summary["skips"]] == ["uses-t2"]
+    assert summary["done"] == 5  # t0, t1, t3, t4 and uses-t1
+    branch = f"guildrun/{rid}"
+    for i in (0, 1, 3, 4):
+        assert show(repo, branch, f"m{i}.txt") == str(i)
+    assert show(repo, branch, "w.txt") == "w"
+    assert sh_git(repo, "ls-tree", "--name-only", branch, "m2.txt") == ""
+    [note] = [n for n in summary["workspace"] if n.startswith("gate no-bad")]
+    assert "bisected" in note and "to t2; taken out, it passes now" in note
+    # The api scope's gate ran when its last task ended, on the tree as it was then.
+    assert any(n.startswith("gate api-ok (scope:api) passed on ") for n in summary["workspace"])
+
+
+def test_gates_are_checked_before_anything_runs(guildrun: Runner, tmp_path: Path) -> None:
+    repo, plan = setup(
+        tmp_path,
+        {"README.md": "hi\n"},
+        [{"id": "t", "files": ["a.txt"], "scope": "api"}],
+        gates=[{"name": "g", "run": ["true"], "after": "scope:apx"}],
+    )
+    got = guildrun("run", str(plan), "--root", str(repo), cwd=repo)
+    assert got.returncode == 2, got.stderr
+    assert "gates[0].after: no task has scope 'apx'" in got.stderr
+    got = guildrun("run", str(plan), "--root", str(repo), "--workspace", "shared", cwd=repo)
+    assert got.returncode == 2 and "set workspace: worktree" in got.stderr
+    assert not (repo / ".guildrun" / "worktrees").exists()

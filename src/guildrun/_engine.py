@@ -15,10 +15,10 @@ import contextlib
 import random
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ._clock import Clock, WallClock
 from ._executors.base import Ending, Executor, Job, Outcome
@@ -50,7 +50,19 @@ from ._workspaces.base import Check, Workspace
 from ._workspaces.ownership import Ownership
 from ._workspaces.shared import SharedTree
 
+if TYPE_CHECKING:
+    from ._worktree import Bisection, Gate, GateResult
+
 PGID_FLUSH_S = 0.2
+
+
+@runtime_checkable
+class _GateRunner(Protocol):
+    """A workspace with an integrated tree to run gates on (worktree mode)."""
+
+    def run_gates(self, gates: Sequence[Gate], slots: int) -> list[GateResult]: ...
+
+    def bisect(self, gate: Gate, slots: int, failed: GateResult) -> Bisection: ...
 
 
 class Reporter:
@@ -188,6 +200,8 @@ class Engine:
             workspace = _worktree_workspace(self)
         self.workspace = workspace or SharedTree(prepared.root, self.ownership, check=s.ownership)
         self.conflicts: dict[str, int] = {}  # task -> its attempts whose patch did not merge
+        self._gates_run: set[str] = set()
+        self._gate_failed = False  # a gate still fails with every culprit taken out
         self.extra_files: dict[str, list[str]] = {}
         self.timings = _Timings()
         self.scheduler: Scheduler  # made when the run starts
@@ -261,6 +275,8 @@ class Engine:
         self._launch(jobs)
         status = await self._loop()
         if status == "done" and any(s.value in ("failed", "skipped") for s in self.scheduler.state):
+            status = "failed"
+        if status == "done" and self._gate_failed:
             status = "failed"
         with self.timings("workspace"):
             notes = self.workspace.finish(status)
@@ -373,6 +389,7 @@ class Engine:
                     check.touched.get(tid, []),
                     check.conflicts.get(tid),
                 )
+            decisions += self._gates(decisions)
             with self.timings("dispatch"):
                 for tid in woken:
                     if tid and not self._halt:
@@ -547,6 +564,73 @@ class Engine:
                 f"scope {spec.scope!r} stopped: task {tid!r} failed", scope=spec.scope
             )
         return decisions
+
+    # ------------------------------------------------------------ quality gates
+
+    def _gates(self, decisions: list[Decision]) -> list[Decision]:
+        """Run the gates due now (their phase ended, or every task of their scope did) on
+        the integrated tree; a failing gate is bisected, and each patch that broke it is
+        taken out and its task failed. The run goes on. Synchronous, like the rest of the
+        step: nothing may integrate while the branch is being bisected."""
+        gates = self.p.source.gates
+        if not gates or not isinstance(self.workspace, _GateRunner):
+            return []
+        ended = {d.phase for d in decisions if isinstance(d, PhaseEnded)}
+        due = [
+            g
+            for g in gates
+            if g.name not in self._gates_run
+            and (g.after in ended or self._scope_over(g.after.removeprefix("scope:"), g.after))
+        ]
+        if not due:
+            return []
+        from ._worktree import Gate
+
+        specs = [Gate(g.name, g.argv(), g.after, g.timeout) for g in due]
+        slots = max(1, min(4, self.settings.total_parallel - len(self._running)))
+        rid, out = self.run_id, []
+        with self.timings("gates"):
+            results = self.workspace.run_gates(specs, slots)
+        for spec, result in zip(specs, results, strict=True):
+            self._gates_run.add(spec.name)
+            note = f"gate {spec.name} ({spec.after}) passed on {result.commit[:12]}"
+            if not result.ok:
+                with self.timings("gates"):
+                    found = self.workspace.bisect(spec, slots, result)
+                for c in found.culprits:
+                    out += self._revoke(c.task, f"broke gate {spec.name}: {_tail(c.output)}")
+                for lo in found.left_out:
+                    out += self._revoke(
+                        lo.task,
+                        f"left out after gate {spec.name}: its patch needs a culprit's "
+                        f"(kept in {lo.patch_file})",
+                    )
+                blamed = ", ".join(c.task for c in found.culprits) or "no patch"
+                after = "passes now" if found.ok else "still fails"
+                note = (
+                    f"gate {spec.name} ({spec.after}) failed; bisected in {found.probes} probes "
+                    f"to {blamed}; taken out, it {after}"
+                )
+                self._gate_failed = self._gate_failed or not found.ok
+            self.journal.event(rid, Event(EventKind.GATE, self.clock.now(), data={"note": note}))
+        return out
+
+    def _scope_over(self, scope: str, after: str) -> bool:
+        if not after.startswith("scope:"):
+            return False
+        states = [self.scheduler.state[t.index] for t in self.plan.tasks if t.scope == scope]
+        return bool(states) and all(st.terminal for st in states)
+
+    def _revoke(self, tid: str, cause: str) -> list[Decision]:
+        """A done task whose patch a gate took out: failed, its dependents skipped."""
+        if self.scheduler.state[self.plan.by_id[tid].index].value != "done":
+            return []
+        now = self.clock.now()
+        self.results.pop(tid, None)
+        self.journal.task_ended(self.run_id, tid, "failed", now, cause=cause)
+        data = {"status": "failed", "error": cause}
+        self.journal.event(self.run_id, Event(EventKind.TASK_FINISHED, now, task=tid, data=data))
+        return self.scheduler.revoke(tid)
 
     def _wake(self, tid: str) -> None:
         self._inbox.put_nowait(("wake", tid, 0, None))
@@ -766,6 +850,10 @@ async def run_prepared(
 def run(plan: Plan | str | Path, **kwargs: Any) -> Summary:
     """Synchronous `run_async`."""
     return asyncio.run(run_async(plan, **kwargs))
+
+
+def _tail(output: str, lines: int = 20) -> str:
+    return "\n".join(output.rstrip().splitlines()[-lines:])
 
 
 def _worktree_workspace(engine: Engine) -> Workspace:
