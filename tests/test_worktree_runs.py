@@ -176,6 +176,7 @@ def test_a_dirty_tree_is_refused_and_allowed_on_a_snapshot(
     assert got.returncode == 2
     assert "uncommitted changes (README.md)" in got.stderr and "--allow-dirty" in got.stderr
     assert "Traceback" not in got.stderr
+    assert "no runs yet" in guildrun("runs", "--root", str(repo), cwd=repo).stdout
     code, summary, err = run(guildrun, repo, plan, "--allow-dirty")
     assert code == 0, (summary, err)
     assert "plus its uncommitted changes" in summary["workspace"][0]

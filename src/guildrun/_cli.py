@@ -206,6 +206,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long each stand-in agent sleeps in place of a language model (default 1.0)",
     )
+    d.add_argument(
+        "--workspace",
+        choices=("shared", "worktree"),
+        default="shared",
+        help="the agents share the sample repository, or each works in its own git worktree",
+    )
     return p
 
 
@@ -582,7 +588,7 @@ def _cmd_demo(args: argparse.Namespace, out: Console) -> int:
 
     if args.think < 0:
         raise UsageError("--think: must not be negative")
-    return run_demo(Path(args.dir) if args.dir else None, args.think, out)
+    return run_demo(Path(args.dir) if args.dir else None, args.think, out, args.workspace)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

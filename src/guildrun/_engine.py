@@ -237,9 +237,9 @@ class Engine:
             self.executor.close()
 
     async def _execute(self) -> Summary:
-        opening = self._open_run()
         with self.timings("ownership"):
-            notes = self.workspace.open()
+            notes = self.workspace.open()  # first: a refusal (a dirty tree) leaves no run
+        opening = self._open_run()
         if notes:
             kind = EventKind(self.workspace.notes_kind)
             key = "error" if kind is EventKind.WATCHER_UNAVAILABLE else "note"
