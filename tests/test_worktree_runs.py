@@ -392,3 +392,31 @@ def test_gates_are_checked_before_anything_runs(guildrun: Runner, tmp_path: Path
     got = guildrun("run", str(plan), "--root", str(repo), "--workspace", "shared", cwd=repo)
     assert got.returncode == 2 and "set workspace: worktree" in got.stderr
     assert not (repo / ".guildrun" / "worktrees").exists()
+
+
+def test_a_stray_write_is_blamed_on_its_task_alone_and_clean_removes_a_failed_run(
+    guildrun: Runner, tmp_path: Path
+) -> None:
+    repo, plan = setup(
+        tmp_path,
+        {"README.md": "hi\n"},
+        [
+            {"id": "rude", "files": ["a.txt"], "prompt": "write a.txt|a\nwrite README.md|mine"},
+            {"id": "polite", "files": ["b.txt"], "prompt": "sleep 0.3\nwrite b.txt|b"},
+        ],
+    )
+    code, summary, err = run(guildrun, repo, plan)
+    assert code == 1, (summary, err)
+    [failure] = summary["failures"]
+    assert failure["task"] == "rude"
+    assert failure["cause"] == "ownership violation: wrote README.md"
+    rid = summary["run_id"]
+    assert show(repo, f"guildrun/{rid}", "b.txt") == "b"  # the other task is unharmed
+    assert show(repo, f"guildrun/{rid}", "README.md") == "hi"
+    worktrees, refs = leftovers(repo)
+    assert worktrees and f"refs/heads/guildrun/{rid}" in refs  # kept for inspection
+    got = guildrun("clean", "--root", str(repo), cwd=repo)
+    assert got.returncode == 0, got.stderr
+    assert f"run {rid}: removed" in got.stdout
+    assert leftovers(repo) == ([], [])
+    assert (repo / "README.md").read_text() == "hi\n"
