@@ -53,7 +53,9 @@ class WorktreeWorkspace(Workspace):
     # ------------------------------------------------------------------ the seam
 
     def open(self) -> list[str]:
-        if self.done is None:
+        if self.done is None or not self._opened_before():
+            # A new run, or a rerun (done tasks taken over from another run: their work
+            # is in this base only if that run was applied).
             self.base = self.ws.open(allow_dirty=self.allow_dirty)
             return [f"base: {self.base.describe()}; integrating onto {self.branch}"]
         recovery = self.ws.resume()
@@ -67,6 +69,10 @@ class WorktreeWorkspace(Workspace):
         if again:
             notes.append(f"integrated again after the crash: {', '.join(again)}")
         return notes
+
+    def _opened_before(self) -> bool:
+        ref = self.ws.layout.base_ref
+        return self.ws.git.run("rev-parse", "--verify", "-q", ref, check=False).returncode == 0
 
     def _integrate_all(self, tasks: list[str]) -> list[str]:
         """Done tasks missing from the branch, integrated in an order that works (plan
