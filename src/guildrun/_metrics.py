@@ -201,10 +201,13 @@ def summarize(journal: Journal, run_id: str) -> Summary:
 
 
 def workspace_notes(journal: Journal, run_id: str) -> list[str]:
-    """What worktree mode said about the run (its base, gates, result, how to apply)."""
+    """What worktree mode said about the run (its base, gates, result, how to apply),
+    since it last started or resumed (hand merges in between are kept)."""
     out: list[str] = []
     for e in journal.events(run_id):
-        if e["kind"] in ("workspace", "gate") and e["data"]:
+        if e["kind"] == "run_resumed":
+            out = [n for n in out if "merged by hand" in n]
+        elif e["kind"] in ("workspace", "gate") and e["data"]:
             note = json.loads(e["data"]).get("note")
             if note:
                 out.append(str(note))
