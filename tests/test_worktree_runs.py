@@ -415,8 +415,9 @@ def test_a_stray_write_is_blamed_on_its_task_alone_and_clean_removes_a_failed_ru
     assert show(repo, f"guildrun/{rid}", "README.md") == "hi"
     worktrees, refs = leftovers(repo)
     assert worktrees and f"refs/heads/guildrun/{rid}" in refs  # kept for inspection
+    sh_git(repo, "branch", "guildrun/mine")  # the user's own: not a run's
     got = guildrun("clean", "--root", str(repo), cwd=repo)
     assert got.returncode == 0, got.stderr
     assert f"run {rid}: removed" in got.stdout
-    assert leftovers(repo) == ([], [])
+    assert leftovers(repo) == ([], ["refs/heads/guildrun/mine"])
     assert (repo / "README.md").read_text() == "hi\n"

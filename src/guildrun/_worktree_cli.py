@@ -148,9 +148,11 @@ def _clean(root: Path, run: str | None, out: Console) -> int:
     if run is not None:
         rids = [_run_row(root, run)[0]]
     else:
+        # Only runs the journal knows: a branch of the user's own that happens to be
+        # called guildrun/NAME is never taken for a run's.
         folder = root / ".guildrun" / "worktrees"
         ws_runs = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
-        rids = sorted(ws_runs | _branch_runs(root))
+        rids = sorted((ws_runs | _branch_runs(root)) & _journaled(root))
     if not rids:
         out.print("nothing to clean", highlight=False)
     for rid in rids:
@@ -163,6 +165,17 @@ def _clean(root: Path, run: str | None, out: Console) -> int:
         for why in cleaned.kept:
             out.print(f"  kept {why}", highlight=False)
     return 0
+
+
+def _journaled(root: Path) -> set[str]:
+    path = journal_path(root)
+    if not path.exists():
+        return set()
+    journal = Journal(path, readonly=True)
+    try:
+        return {str(r["id"]) for r in journal.runs(limit=1_000_000)}
+    finally:
+        journal.close()
 
 
 def _branch_runs(root: Path) -> set[str]:
