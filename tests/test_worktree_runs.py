@@ -421,3 +421,15 @@ def test_a_stray_write_is_blamed_on_its_task_alone_and_clean_removes_a_failed_ru
     assert f"run {rid}: removed" in got.stdout
     assert leftovers(repo) == ([], ["refs/heads/guildrun/mine"])
     assert (repo / "README.md").read_text() == "hi\n"
+
+
+def test_ownership_off_puts_every_change_in_the_patch(guildrun: Runner, tmp_path: Path) -> None:
+    repo, plan = setup(
+        tmp_path,
+        {"README.md": "hi\n"},
+        [{"id": "t", "files": ["a.txt"], "prompt": "write a.txt|a\nwrite README.md|changed"}],
+        settings={"ownership": False},
+    )
+    code, summary, err = run(guildrun, repo, plan)
+    assert code == 0, (summary, err)
+    assert show(repo, f"guildrun/{summary['run_id']}", "README.md") == "changed"

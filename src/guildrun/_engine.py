@@ -872,6 +872,7 @@ def _worktree_workspace(engine: Engine) -> Workspace:
         allow_dirty=s.allow_dirty,
         apply=s.apply,
         done=done,
+        check=s.ownership,
     )
 
 
