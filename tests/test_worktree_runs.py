@@ -21,6 +21,7 @@ from .worktree_helpers import TWO_FUNCTIONS, make_repo, sh_git, show
 #   expect PATH|TEXT       fail (exit 3) unless the file holds TEXT
 #   fail-first             fail the first attempt
 #   sleep SECONDS
+#   write-root PATH|TEXT   write into the project itself, not the task's checkout
 AGENT = r"""
 import os, sys, time
 if os.environ.get("AGENT_LOG"):
@@ -42,6 +43,8 @@ for line in os.environ["GUILDRUN_PROMPT"].splitlines():
             sys.exit(3)
     elif op == "fail-first" and os.environ["GUILDRUN_ATTEMPT"] == "1":
         sys.exit(1)
+    elif op == "write-root":
+        open(os.path.join(os.environ["GUILDRUN_ROOT"], parts[0]), "w").write(parts[1])
     elif op == "sleep":
         time.sleep(float(rest))
 print("did", os.environ["GUILDRUN_TASK_ID"])
@@ -433,3 +436,20 @@ def test_ownership_off_puts_every_change_in_the_patch(guildrun: Runner, tmp_path
     code, summary, err = run(guildrun, repo, plan)
     assert code == 0, (summary, err)
     assert show(repo, f"guildrun/{summary['run_id']}", "README.md") == "changed"
+
+
+def test_a_write_into_the_project_itself_is_named_and_not_applied_over(
+    guildrun: Runner, tmp_path: Path
+) -> None:
+    repo, plan = setup(
+        tmp_path,
+        {"README.md": "hi\n"},
+        [{"id": "t", "files": ["a.txt"], "prompt": "write a.txt|a\nwrite-root escaped.txt|x"}],
+    )
+    code, summary, err = run(guildrun, repo, plan, "--apply")
+    assert code == 0, (summary, err)  # the task did its work; the stray write is named
+    notes = summary["workspace"]
+    assert "changed in the project itself during the run, in no patch: escaped.txt" in notes
+    assert any(n.startswith("not applied: ") and "escaped.txt" in n for n in notes), notes
+    assert not (repo / "a.txt").exists()  # the user's branch was not moved over it
+    assert show(repo, f"guildrun/{summary['run_id']}", "a.txt") == "a"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .._errors import UsageError
 from .._worktree import Gate, RunBase, WorktreeSet
+from .._worktree._base import dirty_paths
 from .._worktree._gates import Bisection, GateResult
 from .base import Check, Manifest, Workspace
 from .ownership import Ownership
@@ -50,6 +51,7 @@ class WorktreeWorkspace(Workspace):
         self.done = done
         self.check_ownership = check
         self.base: RunBase | None = None
+        self._dirty_at_start: frozenset[str] = frozenset()
         self._on: dict[str, str] = {}  # task -> the instance its current attempt runs on
         self._settled: set[str] = set()  # attempts whose checkout is already put right
 
@@ -60,9 +62,11 @@ class WorktreeWorkspace(Workspace):
             # A new run, or a rerun (done tasks taken over from another run: their work
             # is in this base only if that run was applied).
             self.base = self.ws.open(allow_dirty=self.allow_dirty)
+            self._dirty_at_start = frozenset(dirty_paths(self.ws.git))
             return [f"base: {self.base.describe()}; integrating onto {self.branch}"]
         recovery = self.ws.resume()
         self.base = self.ws.base()
+        self._dirty_at_start = frozenset(dirty_paths(self.ws.git))
         notes = [f"base: {self.base.describe()}; integrating onto {self.branch}"]
         if recovery.interrupted:
             how = "it had landed" if recovery.landed else "undone; the task runs again"
@@ -169,9 +173,20 @@ class WorktreeWorkspace(Workspace):
     # ------------------------------------------------------------------ run end
 
     def finish(self, status: str) -> list[str]:
-        rid = self.run_id
         if self.base is None:
             return []
+        # Agents work in their checkouts but run with the user's rights: a write into the
+        # project itself is no task's patch, so it is named here (and never undone: it
+        # may be the user's own).
+        notes: list[str] = []
+        outside = sorted(set(dirty_paths(self.ws.git)) - self._dirty_at_start)
+        if outside:
+            shown = ", ".join(outside[:10]) + (" ..." if len(outside) > 10 else "")
+            notes.append(f"changed in the project itself during the run, in no patch: {shown}")
+        return notes + self._result(self.base, status)
+
+    def _result(self, base: RunBase, status: str) -> list[str]:
+        rid = self.run_id
         if status != "done":
             kept_in = self.ws.layout.worktrees.relative_to(self.root)
             notes = [
@@ -192,9 +207,9 @@ class WorktreeWorkspace(Workspace):
             self.ws.clean()
             return [f"applied to {applied.branch} ({applied.how}, {applied.commit[:12]})"]
         self.ws.clean(keep_result=True)
-        base = self.base.commit[:12]
+        start, branch = base.commit[:12], self.branch
         return [
-            f"result on branch {self.branch} ({head[:12]}); worktrees removed",
-            f"look at it: git log --stat {base}..{self.branch}  or  git diff {base} {self.branch}",
-            f"apply it: guildrun apply {rid}   (or: git merge {self.branch})",
+            f"result on branch {branch} ({head[:12]}); worktrees removed",
+            f"look at it: git log --stat {start}..{branch}  or  git diff {start} {branch}",
+            f"apply it: guildrun apply {rid}   (or: git merge {branch})",
         ]
