@@ -127,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     output_args(r)
     r.add_argument("--fail-fast", action="store_true", help="stop everything at the first failure")
     budget_args(r)
+    _worktree_args(r)
 
     rsm = sub.add_parser("resume", help="continue an interrupted run (default: the latest)")
     rsm.add_argument("run", nargs="?", help=RUN_HELP)
@@ -205,6 +206,10 @@ def _parser() -> argparse.ArgumentParser:
     output_args(fo)
     fo.add_argument("--fail-fast", action="store_true", help="stop everything at the first failure")
 
+    from ._worktree_cli import add_commands
+
+    add_commands(sub)
+
     d = sub.add_parser("demo", help="run the demo on a sample repository")
     d.add_argument("--dir", help="where to build the sample repository (default: a temp folder)")
     d.add_argument(
@@ -214,7 +219,32 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long each stand-in agent sleeps in place of a language model (default 1.0)",
     )
+    d.add_argument(
+        "--workspace",
+        choices=("shared", "worktree"),
+        default="shared",
+        help="the agents share the sample repository, or each works in its own git worktree",
+    )
     return p
+
+
+def _worktree_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--workspace",
+        choices=("shared", "worktree"),
+        help="where tasks work: the project itself, or a git worktree per instance "
+        "(overrides the plan)",
+    )
+    sp.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="worktree mode: start on uncommitted changes (the base is a snapshot of them)",
+    )
+    sp.add_argument(
+        "--apply",
+        action="store_true",
+        help="worktree mode: bring the result into the current branch when the run succeeds",
+    )
 
 
 def overview(parser: argparse.ArgumentParser) -> str:
@@ -259,6 +289,11 @@ def _prepare(args: argparse.Namespace) -> Prepared:
     if getattr(args, "fail_fast", False):
         overrides["fail_fast"] = True
     overrides.update(_budget(args))
+    if getattr(args, "workspace", None):
+        overrides["workspace"] = args.workspace
+    for flag in ("allow_dirty", "apply"):
+        if getattr(args, flag, False):
+            overrides[flag] = True
     return prepare(args.plan, root=args.root, overrides=overrides, auto=args.auto)
 
 
@@ -585,7 +620,7 @@ def _cmd_demo(args: argparse.Namespace, out: Console) -> int:
 
     if args.think < 0:
         raise UsageError("--think: must not be negative")
-    return run_demo(Path(args.dir) if args.dir else None, args.think, out)
+    return run_demo(Path(args.dir) if args.dir else None, args.think, out, args.workspace)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -630,6 +665,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_rerun(args, con)
         if cmd == "fanout":
             return _cmd_fanout(args, con)
+        if cmd in ("apply", "resolve", "clean"):
+            from ._worktree_cli import run_command
+
+            return run_command(args, con.out)
         raise UsageError(f"unknown command {cmd!r}")
     except GuildrunError as exc:
         for line in str(exc).splitlines() or [""]:

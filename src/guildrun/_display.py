@@ -120,6 +120,8 @@ def _describe(ev: Event) -> str | None:
         return f"phase {d.get('phase')} begins"
     if ev.kind == "phase_ended":
         return f"phase {d.get('phase')} ends; results in {d.get('results')}"
+    if ev.kind in ("workspace", "gate"):
+        return str(d.get("note"))
     return None
 
 
@@ -313,6 +315,8 @@ def print_summary(summary: Summary, console: Console) -> None:
             console.print(f"[yellow]skipped[/] {t.id}: {t.cause}", highlight=False)
     print_extra_files(summary, console)
     print_undone(summary, console)
+    for note in summary.workspace:
+        console.print(note, highlight=False, markup=False)
 
 
 def print_extra_files(summary: Summary, console: Console) -> None:

@@ -15,10 +15,10 @@ import contextlib
 import random
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ._agents.base import RateLimited, Signal
 from ._clock import Clock, WallClock
@@ -51,8 +51,20 @@ from ._workspaces.base import Check, Workspace
 from ._workspaces.ownership import Ownership
 from ._workspaces.shared import SharedTree
 
+if TYPE_CHECKING:
+    from ._worktree import Bisection, Gate, GateResult
+
 PGID_FLUSH_S = 0.2
 DEFAULT_RATE_LIMIT_WAIT = 5.0  # seconds, when a provider says "later" without saying when
+
+
+@runtime_checkable
+class _GateRunner(Protocol):
+    """A workspace with an integrated tree to run gates on (worktree mode)."""
+
+    def run_gates(self, gates: Sequence[Gate], slots: int) -> list[GateResult]: ...
+
+    def bisect(self, gate: Gate, slots: int, failed: GateResult) -> Bisection: ...
 
 
 class Reporter:
@@ -194,7 +206,12 @@ class Engine:
         self.ownership = Ownership(
             self.plan, {t: r.writes for t, r in self.rules.items()}, s.ignore, own_files
         )
+        if workspace is None and s.workspace == "worktree":
+            workspace = _worktree_workspace(self)
         self.workspace = workspace or SharedTree(prepared.root, self.ownership, check=s.ownership)
+        self.conflicts: dict[str, int] = {}  # task -> its attempts whose patch did not merge
+        self._gates_run: set[str] = set()
+        self._gate_failed = False  # a gate still fails with every culprit taken out
         self.extra_files: dict[str, list[str]] = {}
         self.timings = _Timings()
         self.scheduler: Scheduler  # made when the run starts
@@ -245,18 +262,15 @@ class Engine:
             self.executor.close()
 
     async def _execute(self) -> Summary:
-        opening = self._open_run()
         with self.timings("ownership"):
-            notes = self.workspace.open()
+            notes = self.workspace.open()  # first: a refusal (a dirty tree) leaves no run
+        opening = self._open_run()
         if notes:
+            kind = EventKind(self.workspace.notes_kind)
+            key = "error" if kind is EventKind.WATCHER_UNAVAILABLE else "note"
             with self.journal.transaction() as noted:
                 for note in notes:
-                    self.journal.event(
-                        self.run_id,
-                        Event(
-                            EventKind.WATCHER_UNAVAILABLE, self.clock.now(), data={"error": note}
-                        ),
-                    )
+                    self.journal.event(self.run_id, Event(kind, self.clock.now(), data={key: note}))
             opening += noted
         # Made only now, so that its first decisions are stamped inside the run.
         self.scheduler = Scheduler(
@@ -291,8 +305,16 @@ class Engine:
         status = await self._loop()
         if status == "done" and any(s.value in ("failed", "skipped") for s in self.scheduler.state):
             status = "failed"
+        if status == "done" and self._gate_failed:
+            status = "failed"
+        with self.timings("workspace"):
+            notes = self.workspace.finish(status)
         end = self.clock.now()
         with self.journal.transaction() as committed:
+            for note in notes:
+                self.journal.event(
+                    self.run_id, Event(EventKind.WORKSPACE, end, data={"note": note})
+                )
             self.journal.write_timings(self.run_id, self.timings.export())
             self.journal.event(
                 self.run_id, Event(EventKind.RUN_ENDED, end, data={"status": status})
@@ -373,7 +395,11 @@ class Engine:
         check = Check()
         if ended:
             with self.timings("ownership"):
-                check = self.workspace.check([tid for tid, _, _ in ended], set(self._running))
+                check = self.workspace.check(
+                    [tid for tid, _, _ in ended],
+                    set(self._running),
+                    {tid for tid, _, o in ended if o.status is Ending.DONE},
+                )
         with self.timings("journal"), self.journal.transaction() as committed:
             self._write_pgids()
             for paths, suspects in _by_suspects(check.stray):
@@ -388,8 +414,14 @@ class Engine:
             decisions: list[Decision] = []
             for tid, attempt, outcome in ended:
                 decisions += self._conclude(
-                    tid, attempt, outcome, check.violations.get(tid), check.touched.get(tid, [])
+                    tid,
+                    attempt,
+                    outcome,
+                    check.violations.get(tid),
+                    check.touched.get(tid, []),
+                    check.conflicts.get(tid),
                 )
+            decisions += self._gates(decisions)
             if not self._budget_stop and self._over_budget():
                 self._stop_for_budget()
             with self.timings("dispatch"):
@@ -470,6 +502,7 @@ class Engine:
         o: Outcome,
         violation: list[str] | None,
         touched: list[str],
+        conflict: str | None = None,
     ) -> list[Decision]:
         """Journal one ended attempt, ask the policy what it means, and carry that out."""
         rid = self.run_id
@@ -479,6 +512,8 @@ class Engine:
         if violation:
             shown = ", ".join(violation[:10]) + (" ..." if len(violation) > 10 else "")
             o.status, o.error = Ending.VIOLATION, f"ownership violation: wrote {shown}"
+        elif conflict and o.status is Ending.DONE:
+            o.status, o.error = Ending.CONFLICT, conflict
         self.journal.attempt_ended(
             rid,
             tid,
@@ -512,8 +547,11 @@ class Engine:
             widened,
             spec.scope,
             self.free_attempts.get(tid, 0),
+            self.conflicts.get(tid, 0),
         )
         verdict = decide(self.policy, facts, self.rng)
+        if o.status is Ending.CONFLICT:
+            self.conflicts[tid] = self.conflicts.get(tid, 0) + 1
         if isinstance(verdict, Accept):
             self.results[tid] = o.result or ""
             if spec.specialist in self._providers:
@@ -567,6 +605,73 @@ class Engine:
             )
         return decisions
 
+    # ------------------------------------------------------------ quality gates
+
+    def _gates(self, decisions: list[Decision]) -> list[Decision]:
+        """Run the gates due now (their phase ended, or every task of their scope did) on
+        the integrated tree; a failing gate is bisected, and each patch that broke it is
+        taken out and its task failed. The run goes on. Synchronous, like the rest of the
+        step: nothing may integrate while the branch is being bisected."""
+        gates = self.p.source.gates
+        if not gates or not isinstance(self.workspace, _GateRunner):
+            return []
+        ended = {d.phase for d in decisions if isinstance(d, PhaseEnded)}
+        due = [
+            g
+            for g in gates
+            if g.name not in self._gates_run
+            and (g.after in ended or self._scope_over(g.after.removeprefix("scope:"), g.after))
+        ]
+        if not due:
+            return []
+        from ._worktree import Gate
+
+        specs = [Gate(g.name, g.argv(), g.after, g.timeout) for g in due]
+        slots = max(1, min(4, self.settings.total_parallel - len(self._running)))
+        rid, out = self.run_id, []
+        with self.timings("gates"):
+            results = self.workspace.run_gates(specs, slots)
+        for spec, result in zip(specs, results, strict=True):
+            self._gates_run.add(spec.name)
+            note = f"gate {spec.name} ({spec.after}) passed on {result.commit[:12]}"
+            if not result.ok:
+                with self.timings("gates"):
+                    found = self.workspace.bisect(spec, slots, result)
+                for c in found.culprits:
+                    out += self._revoke(c.task, f"broke gate {spec.name}: {_tail(c.output)}")
+                for lo in found.left_out:
+                    out += self._revoke(
+                        lo.task,
+                        f"left out after gate {spec.name}: its patch needs a culprit's "
+                        f"(kept in {lo.patch_file})",
+                    )
+                blamed = ", ".join(c.task for c in found.culprits) or "no patch"
+                after = "passes now" if found.ok else "still fails"
+                note = (
+                    f"gate {spec.name} ({spec.after}) failed; bisected in {found.probes} probes "
+                    f"to {blamed}; taken out, it {after}"
+                )
+                self._gate_failed = self._gate_failed or not found.ok
+            self.journal.event(rid, Event(EventKind.GATE, self.clock.now(), data={"note": note}))
+        return out
+
+    def _scope_over(self, scope: str, after: str) -> bool:
+        if not after.startswith("scope:"):
+            return False
+        states = [self.scheduler.state[t.index] for t in self.plan.tasks if t.scope == scope]
+        return bool(states) and all(st.terminal for st in states)
+
+    def _revoke(self, tid: str, cause: str) -> list[Decision]:
+        """A done task whose patch a gate took out: failed, its dependents skipped."""
+        if self.scheduler.state[self.plan.by_id[tid].index].value != "done":
+            return []
+        now = self.clock.now()
+        self.results.pop(tid, None)
+        self.journal.task_ended(self.run_id, tid, "failed", now, cause=cause)
+        data = {"status": "failed", "error": cause}
+        self.journal.event(self.run_id, Event(EventKind.TASK_FINISHED, now, task=tid, data=data))
+        return self.scheduler.revoke(tid)
+
     def _wake(self, tid: str) -> None:
         self._inbox.put_nowait(("wake", tid, 0, None))
 
@@ -599,7 +704,9 @@ class Engine:
                     str(job.stderr_path),
                 )
                 with self.timings("snapshot"):
-                    manifest = self.workspace.before(d.task, self.plan.by_id[d.task].files)
+                    manifest = self.workspace.before(
+                        d.task, self.plan.by_id[d.task].files, d.instance
+                    )
                 if manifest is not None:
                     self.journal.snapshot_before(rid, d.task, attempt, manifest)
                 data: dict[str, Any] = {"attempt": attempt}
@@ -904,6 +1011,30 @@ async def run_prepared(
 def run(plan: Plan | str | Path, **kwargs: Any) -> Summary:
     """Synchronous `run_async`."""
     return asyncio.run(run_async(plan, **kwargs))
+
+
+def _tail(output: str, lines: int = 20) -> str:
+    return "\n".join(output.rstrip().splitlines()[-lines:])
+
+
+def _worktree_workspace(engine: Engine) -> Workspace:
+    """Worktree mode (settings.workspace): on resume, the done tasks missing from the
+    integration branch are integrated again before anything starts."""
+    from ._workspaces.worktree import WorktreeWorkspace
+
+    done = None
+    if engine.resume is not None:
+        done = [t.id for t in engine.plan.tasks if t.id in engine.resume.done]
+    s = engine.settings
+    return WorktreeWorkspace(
+        engine.p.root,
+        engine.run_id,
+        engine.ownership,
+        allow_dirty=s.allow_dirty,
+        apply=s.apply,
+        done=done,
+        check=s.ownership,
+    )
 
 
 def local_executor(prepared: Prepared, monitor: Monitor | None = None) -> Executor:

@@ -169,6 +169,8 @@ class EventKind(StrEnum):
     RATE_LIMITED = "rate_limited"
     THROTTLE_RELEASED = "throttle_released"
     BUDGET_EXHAUSTED = "budget_exhausted"
+    WORKSPACE = "workspace"  # worktree mode: the base, the result, how to apply it
+    GATE = "gate"  # a quality gate ran on the integrated tree
 
 
 @dataclass(frozen=True)

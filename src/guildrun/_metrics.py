@@ -98,6 +98,7 @@ class Summary:
     rate_limited: int = 0  # how many times a provider's rate limit was met
     max_cost_usd: float | None = None  # the run's budget, if any
     undone: list[Undone] = field(default_factory=list)  # stray changes put back
+    workspace: list[str] = field(default_factory=list)  # worktree mode: base, result, apply
 
     @property
     def ok(self) -> bool:
@@ -141,6 +142,8 @@ class Summary:
         }
         if self.undone:
             out["undone_hint"] = UNDONE_HINT
+        if self.workspace:
+            out["workspace"] = list(self.workspace)
         if details:
             out["tasks"] = [asdict(t) for t in self.tasks]
             out["instances"] = [
@@ -245,7 +248,22 @@ def summarize(journal: Journal, run_id: str) -> Summary:
         rate_limited=journal.count_events(run_id, "rate_limited"),
         max_cost_usd=budget,
         undone=undone,
+        workspace=workspace_notes(journal, run_id),
     )
+
+
+def workspace_notes(journal: Journal, run_id: str) -> list[str]:
+    """What worktree mode said about the run (its base, gates, result, how to apply),
+    since it last started or resumed (hand merges in between are kept)."""
+    out: list[str] = []
+    for e in journal.events(run_id):
+        if e["kind"] == "run_resumed":
+            out = [n for n in out if "merged by hand" in n]
+        elif e["kind"] in ("workspace", "gate") and e["data"]:
+            note = json.loads(e["data"]).get("note")
+            if note:
+                out.append(str(note))
+    return out
 
 
 def instance_key(name: str) -> tuple[str, int, str]:

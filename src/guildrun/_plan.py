@@ -197,6 +197,38 @@ class Task(BaseModel):
         return value
 
 
+class GateSpec(BaseModel):
+    """A quality gate: a command run on the integrated tree (worktree mode) at the end of
+    a phase or a scope; a failure is bisected to the patch that broke it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=MAX_NAME, description="Unique name of the gate.")
+    run: list[str] | str = Field(
+        description="Command: a list of arguments (or one string split like a shell would, "
+        "but never run by one); no placeholders. It runs in a checkout of the integrated tree."
+    )
+    after: str = Field(
+        description="When it runs: at the end of a phase (its name) or of a scope (scope:NAME)."
+    )
+    timeout: float = Field(default=600.0, gt=0, description="Seconds before it is stopped.")
+
+    @field_validator("after")
+    @classmethod
+    def _after(cls, value: str) -> str:
+        if value not in PHASES and not (value.startswith("scope:") and len(value) > 6):
+            raise ValueError(f"expected one of {', '.join(PHASES)}, or scope:NAME")
+        return value
+
+    def argv(self) -> tuple[str, ...]:
+        import shlex
+
+        out = tuple(shlex.split(self.run) if isinstance(self.run, str) else self.run)
+        if not out:
+            raise ValueError("empty command")
+        return out
+
+
 class Plan(BaseModel):
     """A whole plan. Build it in code, or load it with `load_plan`."""
 
@@ -205,6 +237,10 @@ class Plan(BaseModel):
     settings: Settings = Field(default_factory=Settings)
     specialists: dict[str, Specialist] = Field(description="Agent types by name.")
     tasks: list[Task] = Field(description="The work, in plan order.")
+    gates: list[GateSpec] = Field(
+        default_factory=list,
+        description="Quality gates on the integrated tree (workspace: worktree).",
+    )
     source: SkipJsonSchema[str | None] = Field(default=None, exclude=True)
     # Maps field paths to lines for errors found after parsing (those that need the root).
     _locator: Any = PrivateAttr(default=None)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._errors import UsageError
 from ._journal import journal_path
 from ._paths import find_root
 from ._plan import CompiledPlan, Plan, Specialist, compile_plan, load_plan
@@ -61,6 +62,27 @@ def adaptive_limits(n_tasks: int, n_specialists: int, ceiling: int) -> tuple[int
     return total, per_type, why
 
 
+def check_gates(model: Plan, workspace: str) -> None:
+    """Gates need the integrated tree of worktree mode, a scope that exists, a command."""
+    where = model.source or "plan"
+    names: set[str] = set()
+    scopes = {t.scope for t in model.tasks if t.scope}
+    for k, gate in enumerate(model.gates):
+        field = f"{where}: gates[{k}]"
+        if workspace != "worktree":
+            raise UsageError(f"{field}: gates run on the integrated tree: set workspace: worktree")
+        if gate.name in names:
+            raise UsageError(f"{field}.name: {gate.name!r} is used by another gate")
+        names.add(gate.name)
+        scope = gate.after.removeprefix("scope:")
+        if gate.after.startswith("scope:") and scope not in scopes:
+            raise UsageError(f"{field}.after: no task has scope {scope!r}")
+        try:
+            gate.argv()
+        except ValueError as exc:
+            raise UsageError(f"{field}.run: {exc}") from None
+
+
 def prepare(
     plan: Plan | str | Path,
     *,
@@ -84,6 +106,7 @@ def prepare(
         overrides=overrides,
     )
     compiled = compile_plan(model, project_root, settings)
+    check_gates(model, settings.workspace)
     notes: list[str] = []
     if auto:
         used = {t.specialist for t in compiled.tasks}

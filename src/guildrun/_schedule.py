@@ -562,6 +562,18 @@ class Scheduler:
         self._check_ready(i)
         return self._drain()
 
+    def revoke(self, task_id: str) -> list[Decision]:
+        """A done task fails after all (a quality gate blamed its patch): its dependents
+        that have not started are skipped; those that ran keep their result."""
+        i = self.plan.by_id[task_id].index
+        if self.state[i] is not State.DONE:
+            raise ValueError(f"task {task_id!r} is {self.state[i].value}, not done")
+        self.state[i] = State.FAILED
+        self._skip_dependents(i, task_id)
+        self._retire_idle()
+        self._advance_phase()
+        return self._drain()
+
     def abandon(self, reason: str, scope: str | None = None) -> list[Decision]:
         """Skip every task not started yet, of one scope or of the whole run.
 

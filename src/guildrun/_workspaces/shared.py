@@ -523,7 +523,7 @@ class SharedTree(Workspace):
     def workdir(self, instance: str) -> Path:
         return self.root
 
-    def before(self, task: str, files: Sequence[str]) -> Manifest | None:
+    def before(self, task: str, files: Sequence[str], instance: str) -> Manifest | None:
         self._ran_since_check.add(task)
         if not files:
             self._before.pop(task, None)
@@ -532,7 +532,9 @@ class SharedTree(Workspace):
         self._before[task] = manifest
         return manifest
 
-    def check(self, ended: Sequence[str], running: Collection[str]) -> Check:
+    def check(
+        self, ended: Sequence[str], running: Collection[str], succeeded: Collection[str] = ()
+    ) -> Check:
         """Judge what changed since the last check.
 
         A change nobody may make is not judged while a task that could have made it is
