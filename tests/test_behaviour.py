@@ -19,12 +19,13 @@ import pytest
 
 from guildrun import Plan
 from guildrun._clock import VirtualClock
-from guildrun._engine import Engine, Reporter, run_prepared
+from guildrun._engine import Engine, run_prepared
 from guildrun._executors.base import Ending
 from guildrun._executors.fake import Act, FakeExecutor
 from guildrun._journal import Event, Journal, journal_path
 from guildrun._metrics import Summary
 from guildrun._prepare import prepare
+from guildrun._reporter import Reporter
 from guildrun._resume import resume_async
 
 KINDS = ["fake", pytest.param("local", marks=pytest.mark.slow)]

@@ -17,19 +17,19 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._engine import Reporter, run_prepared
 from ._errors import GuildrunError, UsageError
 from ._journal import Journal, journal_path
-from ._loader import specialist_function
-from ._metrics import Summary, summarize
 from ._paths import find_root
-from ._plan import PHASES, plan_schema
-from ._prepare import Prepared, prepare
-from ._schedule import Scheduler, distribution
-from ._settings import STRATEGIES
+from ._words import STRATEGIES
 
+# Heavy modules (pydantic models, the engine, rich) load only in the commands that use
+# them: `guildrun runs`, `status`, `--help` start in a fraction of the time.
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from ._metrics import Summary
+    from ._prepare import Prepared
+    from ._reporter import Reporter
 
 
 class _Consoles:
@@ -281,6 +281,8 @@ def _budget(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _prepare(args: argparse.Namespace) -> Prepared:
+    from ._prepare import prepare
+
     overrides: dict[str, Any] = {
         "per_agent_type": args.per_agent_type,
         "total_parallel": args.total_parallel,
@@ -345,6 +347,7 @@ def _finish(summary: Summary, args: argparse.Namespace, con: _Consoles) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, con: _Consoles) -> int:
+    from ._engine import run_prepared
     from ._statedir import ensure_state_dir
 
     prepared = _prepare(args)
@@ -441,6 +444,8 @@ def _cmd_rollback(args: argparse.Namespace, out: Console) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace, out: Console) -> int:
+    from ._schedule import Scheduler, distribution
+
     prepared = _prepare(args)
     _print_warnings(prepared)
     plan = prepared.plan
@@ -517,6 +522,7 @@ def _print_warnings(prepared: Prepared) -> None:
 
 
 def _load_python_specialists(prepared: Prepared) -> None:
+    from ._loader import specialist_function
 
     for spec in prepared.plan.specialists.values():
         if spec.python is not None:
@@ -524,6 +530,8 @@ def _load_python_specialists(prepared: Prepared) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace, out: Console) -> int:
+    from ._plan import PHASES
+
     prepared = _prepare(args)
     _load_python_specialists(prepared)
     _print_warnings(prepared)
@@ -546,6 +554,7 @@ def _seen_json(summary: Summary, note: str | None, **kw: Any) -> dict[str, Any]:
 
 def _cmd_runs(args: argparse.Namespace, out: Console) -> int:
     from ._liveness import as_seen
+    from ._metrics import summarize
 
     root = find_root(args.root)
     path = journal_path(root)
@@ -581,6 +590,7 @@ def _cmd_runs(args: argparse.Namespace, out: Console) -> int:
 def _cmd_status(args: argparse.Namespace, out: Console) -> int:
     from ._display import print_summary
     from ._liveness import as_seen
+    from ._metrics import summarize
 
     root = find_root(args.root)
     journal = Journal(journal_path(root), readonly=True)
@@ -651,6 +661,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return cmd_report(args.root, args.run, args.html, args.json)
         if cmd == "schema":
+            from ._plan import plan_schema
+
             print(json.dumps(plan_schema(), indent=2))
             return 0
         if cmd == "demo":

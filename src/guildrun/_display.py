@@ -10,17 +10,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ._engine import Reporter
 from ._journal import Event
 from ._metrics import UNDONE_HINT, Summary
-from ._plan import CompiledPlan
+
+if TYPE_CHECKING:
+    from ._plan import CompiledPlan
+
+from ._reporter import Reporter
 
 
 class EventStream(Reporter):

@@ -30,10 +30,11 @@ from ._loader import specialist_function
 from ._metrics import Summary, summarize
 from ._monitor import Monitor
 from ._paths import STATE_DIR, glob_to_regex
-from ._plan import CompiledPlan, Plan
+from ._plan import Plan
 from ._policies.endings import Accept, Ended, Fail, Policy, Retry, RunAlone, decide, default_policy
 from ._policies.retry import RetryPolicy, merge_retry
 from ._prepare import Prepared, prepare
+from ._reporter import Reporter
 from ._runlock import run_lock
 from ._schedule import (
     Decision,
@@ -65,19 +66,6 @@ class _GateRunner(Protocol):
     def run_gates(self, gates: Sequence[Gate], slots: int) -> list[GateResult]: ...
 
     def bisect(self, gate: Gate, slots: int, failed: GateResult) -> Bisection: ...
-
-
-class Reporter:
-    """Receives events after they are committed. Subclass and override what you need."""
-
-    def run_started(self, run_id: str, plan: CompiledPlan, limits: Mapping[str, int]) -> None:
-        pass
-
-    def events(self, events: Iterable[Event]) -> None:
-        pass
-
-    def run_ended(self, summary: Summary) -> None:
-        pass
 
 
 @dataclass

@@ -20,16 +20,15 @@ import shlex
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from . import _templates as tpl
 from ._errors import UsageError
 from ._paths import STATE_DIR, find_root, glob_to_regex
-from ._plan import Plan, Specialist, Task
-from ._project import project_specialists
-from ._settings import STRATEGIES, Settings
+from ._words import STRATEGIES
+
+if TYPE_CHECKING:  # loaded by the functions that build plans, not by `--help`
+    from ._plan import Plan, Specialist
 
 _FILE = "file"
 _RESERVED = (".git", STATE_DIR)
@@ -79,6 +78,7 @@ def _positive(text: str) -> int:
 
 
 def plan_from_args(args: argparse.Namespace) -> Plan:
+
     root = find_root(args.root)
     command: list[str] | None = None
     specialist: str | None = None
@@ -112,6 +112,8 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
 
 
 def _is_command(word: str, root: Path) -> bool:
+    from ._project import project_specialists
+
     """One word names a specialist of the project, else a program on PATH (or a path)."""
     known, _ = project_specialists(root)
     if word in known:
@@ -135,6 +137,10 @@ def build_plan(
     group: int | None,
     settings: dict[str, Any] | None = None,
 ) -> Plan:
+    from ._plan import Plan, Task
+    from ._project import project_specialists
+    from ._settings import Settings
+
     """The plan a fanout runs: one task per file (or per `group` files), owning them."""
     files = match_files(root, patterns)
     prompt_t = _swap(prompt, "{files}", "--prompt", marks=("{file}",))
@@ -170,6 +176,8 @@ def build_plan(
 
 
 def _command_specialist(command: list[str], *, per_file: bool) -> tuple[str, Specialist]:
+    from ._plan import Specialist
+
     argv: list[str] = []
     for i, arg in enumerate(command):
         where = f"command argument {i + 1} ({arg!r})"
@@ -272,6 +280,8 @@ def project_files(root: Path) -> list[str]:
 
 
 def plan_yaml(plan: Plan) -> str:
+    import yaml
+
     """The plan as YAML that `guildrun run` reads back into the very same plan."""
     data = plan.model_dump(mode="json", exclude_unset=True)
     head = "# made by guildrun fanout; save, edit, and run it with: guildrun run FILE\n"

@@ -23,10 +23,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import UsageError
-from ._monitor import Sample
+
+if TYPE_CHECKING:
+    from ._monitor import Sample
 
 SCHEMA_VERSION = 4
 # Columns added after a table first shipped: older journals get them on open.

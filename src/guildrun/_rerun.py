@@ -23,13 +23,14 @@ from typing import Any
 
 import psutil
 
-from ._engine import Reporter, ResumeState, run_prepared
+from ._engine import ResumeState, run_prepared
 from ._errors import UsageError
 from ._journal import Event, EventKind, Journal, journal_path, new_run_id
 from ._metrics import Summary
 from ._paths import find_root
 from ._plan import Plan, compile_plan
 from ._prepare import Prepared
+from ._reporter import Reporter
 from ._settings import Settings
 
 _NOT_RUN = ("failed", "skipped", "waiting", "running")

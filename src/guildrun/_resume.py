@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 from ._clock import Clock, WallClock
-from ._engine import Reporter, ResumeState, run_prepared
+from ._engine import ResumeState, run_prepared
 from ._errors import UsageError
 from ._executors.base import Executor
 from ._executors.local import LocalExecutor
@@ -30,6 +30,7 @@ from ._metrics import Summary
 from ._paths import find_root
 from ._plan import Plan, compile_plan
 from ._prepare import Prepared
+from ._reporter import Reporter
 from ._runlock import run_lock
 from ._settings import Settings
 from ._workspaces.shared import Store

@@ -21,10 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ._errors import UsageError
 from ._policies.retry import RetrySettings
+from ._words import STRATEGIES as STRATEGIES
 
 Strategy = Literal["work-stealing", "round-robin", "longest-first", "auto"]
-STRATEGIES: tuple[str, ...] = ("work-stealing", "round-robin", "longest-first", "auto")
-
 
 DEFAULT_IGNORE = (
     "**/__pycache__/**",

@@ -15,10 +15,11 @@ from ._errors import UsageError
 from ._journal import Event, EventKind, Journal, journal_path
 from ._paths import find_root
 from ._runlock import run_lock
-from ._worktree import WorktreeSet
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from ._worktree import WorktreeSet
 
 ROOT_HELP = "project root (default: git top level, else cwd)"
 RUN_HELP = "run id, or a unique prefix of one (default: the latest run; see 'guildrun runs')"
@@ -72,6 +73,8 @@ def _run_row(root: Path, run: str | None) -> tuple[str, str]:
 
 
 def _worktree_run(root: Path, run: str | None) -> tuple[WorktreeSet, str]:
+    from ._worktree import WorktreeSet
+
     rid, status = _run_row(root, run)
     ws = WorktreeSet(root, rid)
     branch = ws.layout.integration_ref
@@ -156,6 +159,8 @@ def _clean(root: Path, run: str | None, out: Console) -> int:
     if not rids:
         out.print("nothing to clean", highlight=False)
     for rid in rids:
+        from ._worktree import WorktreeSet
+
         cleaned = WorktreeSet(root, rid).clean()
         out.print(
             f"run {rid}: removed {len(cleaned.worktrees)} worktrees and "
