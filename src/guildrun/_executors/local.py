@@ -25,8 +25,10 @@ from typing import Any
 
 import psutil
 
+from .. import _reaper
+from .._clock import Clock
 from .._monitor import Monitor, Sample
-from .base import Ending, Executor, InstanceSpec, Job, Outcome
+from .base import Ending, Executor, InstanceSpec, Job, Outcome, SpawnListener
 
 RESULT_LIMIT = 1 << 20  # a result kept in the journal is cut at 1 MiB
 
@@ -124,6 +126,13 @@ class LocalExecutor(Executor):
         self._env: dict[str, dict[bytes, bytes]] = {}
         self._instance_env: dict[str, dict[bytes, bytes]] = {}
         self._groups: dict[str, int] = {}  # running task -> process group
+        self._run_id: str | None = None
+        self._subreaper = False
+
+    def start(self, clock: Clock, on_spawn: SpawnListener | None = None) -> None:
+        super().start(clock, on_spawn)
+        # Orphans of our tasks become our children, so none escapes the sweep at its end.
+        self._subreaper = _reaper.become_subreaper()
 
     def open_instance(self, spec: InstanceSpec) -> None:
         env = self._env.get(spec.specialist)
@@ -215,6 +224,9 @@ class LocalExecutor(Executor):
             _kill_group(pid, signal.SIGKILL)
             # The pidfd said it exited: this waitpid returns at once.
             code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])  # noqa: ASYNC222
+            # What left the group (setsid, setpgid, a double fork) is found and killed.
+            self._run_id = job.context.run_id
+            _reaper.sweep(job.context.run_id, task, pid, set(self._groups.values()))
             for sink in sinks:
                 sink.drain()
         ended = clock.now()
@@ -277,6 +289,13 @@ class LocalExecutor(Executor):
 
     def stop(self, groups: set[int], grace: float) -> None:
         stop_groups(groups, grace)
+
+    def close(self) -> None:
+        if self._run_id is not None:
+            _reaper.sweep(self._run_id, None, None, set(self._groups.values()))
+        if self._subreaper:
+            self._subreaper = False
+            _reaper.release_subreaper()
 
 
 _OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
