@@ -46,6 +46,7 @@ from ._schedule import (
     Spawned,
     Started,
 )
+from ._secrets import plan_for_journal, run_redactor
 from ._workspaces.base import Check, Workspace
 from ._workspaces.ownership import Ownership
 from ._workspaces.shared import SharedTree
@@ -194,6 +195,11 @@ class Engine:
         self._stop = asyncio.Event()
         self._halt = False
         self._held: str | None = None  # why the resource guard holds back new starts
+        # Secrets never stored or shown: logs and outcomes (executor), records (journal).
+        self.redactor = run_redactor(
+            (sp.env for sp in self.plan.specialists.values()), s.secret_env
+        )
+        journal.redactor = executor.redactor = self.redactor
 
     @property
     def results(self) -> dict[str, str]:
@@ -282,7 +288,9 @@ class Engine:
                     self.run_id,
                     root=self.p.root,
                     plan_source=self.plan.source,
-                    plan_json=self.p.source.model_dump_json(),
+                    plan_json=plan_for_journal(
+                        self.p.source.model_dump_json(), self.settings.secret_env
+                    ),
                     settings_json=self.settings.model_dump_json(),
                     limits=self.p.limits,
                     tasks=[

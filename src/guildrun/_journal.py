@@ -20,13 +20,15 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from ._errors import UsageError
 from ._monitor import Sample
+from ._secrets import NONE as NO_SECRETS
+from ._secrets import Redactor
 
 SCHEMA_VERSION = 3
 # Columns added after a table first shipped: older journals get them on open.
@@ -225,6 +227,7 @@ class Journal:
             raise UsageError(f"{path}: journal schema {version} is not {SCHEMA_VERSION}")
         self._pending: list[Event] = []
         self._rows: list[tuple[object, ...]] = []
+        self.redactor: Redactor = NO_SECRETS  # the run's secrets, never written here
         # Inside a transaction, per-task row writes wait here and go in with executemany,
         # statement by statement in the order first seen. Rows of one statement never
         # depend on each other; where one task gets two statements in one transaction
@@ -283,6 +286,8 @@ class Journal:
 
     def event(self, run_id: str, ev: Event) -> None:
         """Journal an event; rows are written together when the transaction commits."""
+        if ev.data and self.redactor:
+            ev = replace(ev, data=self.redactor.data(ev.data))
         self._rows.append(
             (
                 run_id,
@@ -375,7 +380,7 @@ class Journal:
         self._write(
             "UPDATE attempts SET status=?, started=?, ended=?, exit_code=?, error=?"
             " WHERE run_id=? AND task_id=? AND attempt=?",
-            (status, started, ended, exit_code, error, run_id, task, attempt),
+            (status, started, ended, exit_code, self.redactor.maybe(error), run_id, task, attempt),
         )
 
     def task_ended(
@@ -390,7 +395,7 @@ class Journal:
     ) -> None:
         self._write(
             "UPDATE tasks SET state=?, ended=?, result=?, cause=? WHERE run_id=? AND id=?",
-            (state, now, result, cause, run_id, task),
+            (state, now, self.redactor.maybe(result), self.redactor.maybe(cause), run_id, task),
         )
 
     def instance_spawned(self, run_id: str, name: str, specialist: str, now: float) -> None:

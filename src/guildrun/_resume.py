@@ -29,6 +29,7 @@ from ._paths import find_root
 from ._plan import Plan, compile_plan
 from ._prepare import Prepared
 from ._runlock import run_lock
+from ._secrets import restore_plan_env
 from ._settings import Settings
 from ._workspaces.shared import Store
 
@@ -77,6 +78,8 @@ def prepare_resume(
                 "guildrun.resume(run_id, plan=the_same_plan)"
             )
         model.source = row["plan_source"]
+        if plan is None:  # the journal keeps no secret: take it from the environment
+            restore_plan_env(model.specialists, os.environ)
         settings = Settings.model_validate_json(row["settings_json"])
         compiled = compile_plan(model, project, settings)
         limits = {k: int(v) for k, v in json.loads(row["limits_json"]).items()}

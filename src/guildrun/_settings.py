@@ -94,6 +94,13 @@ class Settings(BaseModel):
         default_factory=lambda: list(DEFAULT_IGNORE),
         description="Globs that any task may write without it counting (caches, build output).",
     )
+    secret_env: list[str] = Field(
+        default_factory=list,
+        description=(
+            "More names (globs) of environment variables whose values are secrets, beside "
+            "*_KEY, *_TOKEN, *_SECRET and *PASSWORD*: shown and stored as ***."
+        ),
+    )
     on_violation: Literal["fail", "sequential"] = Field(
         default="fail",
         description=(

@@ -21,6 +21,8 @@ from enum import StrEnum
 from pathlib import Path
 
 from .._clock import Clock, WallClock
+from .._secrets import NONE as NO_SECRETS
+from .._secrets import Redactor
 
 
 class Ending(StrEnum):
@@ -127,6 +129,7 @@ class Executor(ABC):
 
     clock: Clock = WallClock()
     on_spawn: SpawnListener | None = None
+    redactor: Redactor = NO_SECRETS  # the engine sets the run's; applied to logs and outcomes
 
     def start(self, clock: Clock, on_spawn: SpawnListener | None = None) -> None:
         """Bind the run's clock, and who hears about the process groups it starts

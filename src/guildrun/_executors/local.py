@@ -27,7 +27,10 @@ import psutil
 
 from .. import _reaper
 from .._clock import Clock
+from .._errors import GuildrunError
 from .._monitor import Monitor, Sample
+from .._safeio import read_regular
+from .._secrets import Redactor, Stream
 from .base import Ending, Executor, InstanceSpec, Job, Outcome, SpawnListener
 
 RESULT_LIMIT = 1 << 20  # a result kept in the journal is cut at 1 MiB
@@ -53,10 +56,13 @@ class _Sink:
     in memory, so stdout as a result needs no read back.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, path: Path) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, fd: int, path: Path, secrets: Stream
+    ) -> None:
         self.loop = loop
         self.fd = fd
         self.path = path
+        self.secrets = secrets  # what reaches the file has no secret in it
         self.out = -1
         self.kept = bytearray()
         os.set_blocking(fd, False)
@@ -73,6 +79,11 @@ class _Sink:
             self.close()
 
     def _write(self, data: bytes) -> None:
+        data = self.secrets.feed(data)
+        if data:
+            self._put(data)
+
+    def _put(self, data: bytes) -> None:
         if self.out < 0:
             self.out = os.open(self.path, _OUT_FLAGS | os.O_CLOEXEC, 0o644)
         view = memoryview(data)
@@ -99,6 +110,9 @@ class _Sink:
             self.loop.remove_reader(self.fd)
             os.close(self.fd)
             self.fd = -1
+        rest = self.secrets.flush()
+        if rest:
+            self._put(rest)
         if self.out >= 0:
             os.close(self.out)
             self.out = -1
@@ -147,8 +161,15 @@ class LocalExecutor(Executor):
 
     async def run(self, job: Job) -> Outcome:
         if job.argv is None:
-            return await self._call(job)
-        return await self._command(job)
+            outcome = await self._call(job)
+        else:
+            outcome = await self._command(job)
+        # What a task said (its result, its error) is shown and stored: no secret in it.
+        outcome.result = self.redactor.maybe(outcome.result)
+        outcome.error = self.redactor.maybe(outcome.error)
+        if self.redactor:
+            _scrub(job.context.result_path, self.redactor)
+        return outcome
 
     def _env_for(self, job: Job) -> dict[bytes, bytes]:
         ctx = job.context
@@ -190,7 +211,11 @@ class LocalExecutor(Executor):
         os.close(err_w)
         # We reap the pid ourselves below; tell Popen so it does not try again.
         pid, proc.returncode = proc.pid, 0
-        sinks = (_Sink(loop, out_r, job.stdout_path), _Sink(loop, err_r, job.stderr_path))
+        secrets = self.redactor
+        sinks = (
+            _Sink(loop, out_r, job.stdout_path, secrets.stream()),
+            _Sink(loop, err_r, job.stderr_path, secrets.stream()),
+        )
         task = job.context.task_id
         self._groups[task] = pid
         if self.on_spawn is not None:
@@ -265,8 +290,8 @@ class LocalExecutor(Executor):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            with job.stderr_path.open("w") as fh:
-                traceback.print_exception(exc, file=fh)
+            trace = "".join(traceback.format_exception(exc))
+            job.stderr_path.write_text(self.redactor.text(trace))
             return Outcome(
                 Ending.FAILED, started, clock.now(), error=f"{type(exc).__name__}: {exc}"
             )
@@ -299,6 +324,19 @@ class LocalExecutor(Executor):
 
 
 _OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+_SCRUB_LIMIT = 64 << 20
+
+
+def _scrub(path: Path, redactor: Redactor) -> None:
+    """The task's own result file is kept under .guildrun: without its secrets."""
+    try:
+        data = read_regular(path, _SCRUB_LIMIT)
+    except (OSError, GuildrunError):
+        return  # absent, or not a file guildrun reads (the attempt failed for it)
+    text = data.decode("utf-8", errors="surrogateescape")
+    clean = redactor.text(text)
+    if clean != text:
+        path.write_bytes(clean.encode("utf-8", errors="surrogateescape"))
 
 
 @functools.lru_cache(maxsize=256)
