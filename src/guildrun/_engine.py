@@ -363,6 +363,8 @@ class Engine:
                 )
             decisions: list[Decision] = []
             for tid, attempt, outcome in ended:
+                if tid in check.unsafe and outcome.ok:  # a FIFO, a device, a link out
+                    outcome.status, outcome.error = Ending.FAILED, check.unsafe[tid]
                 decisions += self._conclude(
                     tid, attempt, outcome, check.violations.get(tid), check.touched.get(tid, [])
                 )

@@ -9,7 +9,7 @@ fstat to be a regular file, and read up to a limit.
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import os
 import stat
 from pathlib import Path
@@ -18,13 +18,14 @@ from ._errors import GuildrunError
 
 _FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 CHUNK = 1 << 20
+MAX_FILE = 512 << 20  # an owned file larger than this is not snapshotted: the task fails
 
 
-class NotARegularFile(GuildrunError):
+class NotARegularFile(GuildrunError, OSError):
     """A path guildrun must read is a link, a FIFO, a device or a socket."""
 
 
-class TooLarge(GuildrunError):
+class TooLarge(GuildrunError, OSError):
     """A file is larger than guildrun will read."""
 
 
@@ -42,7 +43,7 @@ def kind(mode: int) -> str:
     return "not a regular file"
 
 
-def read_regular(path: str | Path, limit: int | None = None) -> bytes:
+def read_regular(path: str | Path, limit: int = MAX_FILE) -> bytes:
     """The content of a regular file, never following a link at its last component.
 
     Raises FileNotFoundError (and other OSErrors) as open does, `NotARegularFile` for
@@ -51,34 +52,38 @@ def read_regular(path: str | Path, limit: int | None = None) -> bytes:
     try:
         fd = os.open(path, _FLAGS)
     except OSError as exc:
-        if exc.errno == 40:  # ELOOP: the path itself is a symbolic link
+        if exc.errno == errno.ELOOP:  # the path itself is a symbolic link
             raise NotARegularFile(f"{path} is a symbolic link") from None
         raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise NotARegularFile(f"{path} is {kind(st.st_mode)}, not a regular file")
-        if limit is not None and st.st_size > limit:
-            raise TooLarge(f"{path} holds {st.st_size} bytes, more than {limit}")
+        if st.st_size > limit:
+            raise TooLarge(f"{path} holds {st.st_size} bytes, more than guildrun reads ({limit})")
         parts: list[bytes] = []
         got = 0
-        cap = limit if limit is not None else st.st_size  # a growing file is read as it was
-        while got <= cap:
-            data = os.read(fd, min(CHUNK, cap - got + 1))
+        while got <= limit:
+            data = os.read(fd, min(CHUNK, limit + 1 - got))
             if not data:
                 break
             parts.append(data)
             got += len(data)
-        if limit is not None and got > limit:
-            raise TooLarge(f"{path} grew past {limit} bytes while read")
-        return b"".join(parts)[: max(cap, 0)] if limit is None else b"".join(parts)
+        if got > limit:
+            raise TooLarge(f"{path} grew past {limit} bytes while guildrun read it")
+        return b"".join(parts)
     finally:
         os.close(fd)
 
 
 def read_head(path: str | Path, limit: int) -> bytes:
     """At most `limit` bytes from the start of a regular file (a result, cut)."""
-    fd = os.open(path, _FLAGS)
+    try:
+        fd = os.open(path, _FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotARegularFile(f"{path} is a symbolic link") from None
+        raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -92,8 +97,5 @@ def read_head(path: str | Path, limit: int) -> bytes:
             parts.append(data)
             got += len(data)
         return b"".join(parts)
-    except OSError:
-        raise
     finally:
-        with contextlib.suppress(OSError):
-            os.close(fd)
+        os.close(fd)

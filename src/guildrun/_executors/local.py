@@ -29,7 +29,7 @@ from .. import _reaper
 from .._clock import Clock
 from .._errors import GuildrunError
 from .._monitor import Monitor, Sample
-from .._safeio import read_regular
+from .._safeio import NotARegularFile, read_head, read_regular
 from .._secrets import Redactor, Stream
 from .base import Ending, Executor, InstanceSpec, Job, Outcome, SpawnListener
 
@@ -37,15 +37,33 @@ RESULT_LIMIT = 1 << 20  # a result kept in the journal is cut at 1 MiB
 
 
 def read_result(job: Job, stdout_fallback: bool) -> str | None:
-    """The task's result: the file it wrote to $GUILDRUN_RESULT, else its stdout."""
+    """The task's result: the file it wrote to $GUILDRUN_RESULT, else its stdout.
+
+    Raises `NotARegularFile` when the task put a FIFO, a device or a link there: the
+    read never blocks and never follows it.
+    """
     for path in (job.context.result_path, job.stdout_path if stdout_fallback else None):
         # A stat is far cheaper than a raised FileNotFoundError on the hot path.
-        if path is None or not path.exists():
+        if path is None or not (path.exists() or path.is_symlink()):
             continue
-        with path.open("rb") as fh:
-            data = fh.read(RESULT_LIMIT)
+        try:
+            data = read_head(path, RESULT_LIMIT)
+        except FileNotFoundError:
+            continue
         return data.decode("utf-8", errors="replace")
     return None
+
+
+def _result_or_failure(job: Job, outcome: Outcome) -> Outcome:
+    """Fill a successful outcome's result; a result path that is no file fails it."""
+    try:
+        result = read_result(job, stdout_fallback=False)
+    except NotARegularFile as exc:
+        outcome.status, outcome.error = Ending.FAILED, f"$GUILDRUN_RESULT: {exc}"
+        return outcome
+    if result is not None:
+        outcome.result = result
+    return outcome
 
 
 class _Sink:
@@ -258,12 +276,11 @@ class LocalExecutor(Executor):
         if status is Ending.DONE and code != 0:
             status = Ending.FAILED
             error = f"exit status {code}" if code > 0 else f"killed by signal {-code}"
-        result = None
+        outcome = Outcome(status, started, ended, exit_code=code, error=error, pgid=pid)
         if status is Ending.DONE:
-            result = read_result(job, stdout_fallback=False)
-            if result is None:
-                result = sinks[0].kept.decode("utf-8", errors="replace")
-        return Outcome(status, started, ended, exit_code=code, error=error, result=result, pgid=pid)
+            outcome.result = sinks[0].kept.decode("utf-8", errors="replace")
+            _result_or_failure(job, outcome)
+        return outcome
 
     async def _call(self, job: Job) -> Outcome:
         """Call the specialist's function with the TaskContext; a string it returns is
@@ -295,11 +312,14 @@ class LocalExecutor(Executor):
             return Outcome(
                 Ending.FAILED, started, clock.now(), error=f"{type(exc).__name__}: {exc}"
             )
-        ended = clock.now()
-        result = value if isinstance(value, str) else read_result(job, stdout_fallback=False)
-        if result is None and value is not None:
-            result = str(value)
-        return Outcome(Ending.DONE, started, ended, result=result)
+        outcome = Outcome(Ending.DONE, started, clock.now())
+        if isinstance(value, str):
+            outcome.result = value
+            return outcome
+        _result_or_failure(job, outcome)
+        if outcome.ok and outcome.result is None and value is not None:
+            outcome.result = str(value)
+        return outcome
 
     # ------------------------------------------------------------ resources and leftovers
 

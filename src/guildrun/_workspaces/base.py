@@ -32,6 +32,7 @@ class Check:
     touched: dict[str, list[str]] = field(default_factory=dict)  # task -> its allowed changes
     stray: list[str] = field(default_factory=list)  # undone, but nobody can be blamed
     suspects: list[str] = field(default_factory=list)  # who was running when they happened
+    unsafe: dict[str, str] = field(default_factory=dict)  # task -> why its files are unsafe
 
 
 class Workspace(ABC):

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from .._git import Git, GitError
 from .._paths import STATE_DIR
+from .._safeio import NotARegularFile, TooLarge, read_regular
 from .base import Check, Manifest, Workspace
 from .ownership import Ownership
 
@@ -63,16 +64,46 @@ class Store:
     def get(self, digest: str) -> bytes:
         return self._blob(digest).read_bytes()
 
+    def read(self, rel: str) -> bytes | None:
+        """A file's content (None: absent, or a folder), read safely: a link is followed
+        only to a regular file inside the root; a FIFO, a device or a socket is never
+        opened for long, and nothing larger than MAX_FILE is read (`NotARegularFile`,
+        `TooLarge`)."""
+        path = self.root / rel
+        try:
+            st = path.lstat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if stat_mod.S_ISDIR(st.st_mode):
+            return None
+        real = Path(os.path.realpath(path))
+        if not real.is_relative_to(Path(os.path.realpath(self.root))):
+            raise NotARegularFile(f"{rel} leads out of the project root (to {real})")
+        try:
+            return read_regular(real)
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # a dangling link: nothing there
+
+    def problem(self, rel: str) -> str | None:
+        """Why guildrun will not read this path as a file (None: it can)."""
+        try:
+            self.read(rel)
+        except (NotARegularFile, TooLarge) as exc:
+            return str(exc).replace(str(self.root) + os.sep, "")
+        except OSError:
+            return None
+        return None
+
     def capture(self, paths: Iterable[str]) -> Manifest:
-        """The current content of `paths` (relative to the root) as a manifest."""
+        """The current content of `paths` (relative to the root) as a manifest. A path
+        that cannot be read safely is left out: it is never restored from here."""
         out: Manifest = {}
         for rel in paths:
             try:
-                data = (self.root / rel).read_bytes()
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                out[rel] = None
+                data = self.read(rel)
+            except OSError:
                 continue
-            out[rel] = self.put_bytes(data)
+            out[rel] = None if data is None else self.put_bytes(data)
         return out
 
     def digest_of(self, rel: str) -> str | None:
@@ -82,9 +113,10 @@ class Store:
         if not real_folders(self.root, rel):
             return "linked-folder"  # reached through a link: not the file it was
         try:
-            return hashlib.sha256(path.read_bytes()).hexdigest()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            return None
+            data = self.read(rel)
+        except OSError as exc:
+            return f"unreadable:{exc}"  # a FIFO or a device where a file was: a change
+        return None if data is None else hashlib.sha256(data).hexdigest()
 
     def restore(self, manifest: Mapping[str, str | None]) -> list[str]:
         """Make the files what the manifest says; returns the paths that changed."""
@@ -342,7 +374,7 @@ class Pack:
         held = 0
         for rel in rels:
             try:
-                data = (root / rel).read_bytes()
+                data = read_regular(root / rel)
             except OSError:
                 continue
             digest = hashlib.sha256(data).hexdigest()
@@ -567,6 +599,13 @@ class SharedTree(Workspace):
             self._pending.setdefault(path, set()).update(suspects)
         self._ran_since_check = set(running)
         self._judge(out, set(ended), set(running))
+        for t in ended:
+            # An owned file turned into a FIFO, a device or a link out of the root cannot
+            # be kept (guildrun would hang or read forever on it): the attempt fails.
+            own = {*out.touched[t], *(self._before.get(t) or {})}
+            problems = [p for p in map(self.store.problem, sorted(own)) if p]
+            if problems:
+                out.unsafe[t] = "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "")
         return out
 
     def _judge(self, out: Check, ended: set[str], running: set[str]) -> None:
