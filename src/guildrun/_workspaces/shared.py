@@ -36,6 +36,7 @@ from .._paths import STATE_DIR
 from .._safeio import NotARegularFile, TooLarge, read_regular
 from .base import Check, Manifest, Workspace
 from .ownership import Ownership
+from .protected import Protected
 
 _WRITES = frozenset({"created", "modified", "deleted", "moved", "closed"})
 _SKIP = (".git", STATE_DIR)
@@ -540,11 +541,14 @@ class SharedTree(Workspace):
         self._ran_since_check: set[str] = set()
         self._carry: set[str] = set()
         self._pending: dict[str, set[str]] = {}  # unowned change -> who may have made it
+        self.protected: list[Protected] = []  # .git's config, hooks and info: nobody's
 
     def open(self) -> list[str]:
         if not self.checking:
             return []
         self.baseline = Baseline.take(self.root, self.store)
+        git = Protected.git(self.root)
+        self.protected = [git] if git is not None else []
         try:
             self.watcher = Watcher(self.root)
         except OSError as exc:
@@ -599,6 +603,7 @@ class SharedTree(Workspace):
             self._pending.setdefault(path, set()).update(suspects)
         self._ran_since_check = set(running)
         self._judge(out, set(ended), set(running))
+        self._guard(out, suspects, set(ended))
         for t in ended:
             # An owned file turned into a FIFO, a device or a link out of the root cannot
             # be kept (guildrun would hang or read forever on it): the attempt fails.
@@ -625,6 +630,20 @@ class SharedTree(Workspace):
                 out.stray.append(path)
                 blamed |= who
         out.suspects = sorted(blamed)
+
+    def _guard(self, out: Check, suspects: set[str], ended: set[str]) -> None:
+        """Protected places (git's config, hooks, info) changed: put back at once, and
+        blamed like any unowned change: on the one task that ran, else on nobody."""
+        for guard in self.protected:
+            hit = guard.changed()
+            if not hit:
+                continue
+            guard.restore(hit)
+            if len(suspects) == 1 and suspects <= ended:
+                out.violations.setdefault(next(iter(suspects)), []).extend(hit)
+            else:
+                out.stray.extend(hit)
+                out.suspects = sorted({*out.suspects, *suspects})
 
     def _rescan(self) -> set[str]:
         assert self.baseline is not None
