@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +40,7 @@ from .protected import Protected
 
 _WRITES = frozenset({"created", "modified", "deleted", "moved", "closed"})
 _SKIP = (".git", STATE_DIR)
+FOLDER = "folder"  # a manifest's value for a folder that exists
 
 
 class Store:
@@ -97,18 +98,30 @@ class Store:
 
     def capture(self, paths: Iterable[str]) -> Manifest:
         """The current content of `paths` (relative to the root) as a manifest. A path
-        that cannot be read safely is left out: it is never restored from here."""
+        that cannot be read safely is left out: it is never restored from here.
+
+        The folders on the way are in it too (`"out/": FOLDER`, or None where there was
+        none), so a rollback removes the folders the attempt made and only those: an
+        empty folder that was there before stays.
+        """
         out: Manifest = {}
+        folders: set[str] = set()
         for rel in paths:
+            parts = rel.split("/")[:-1]
+            folders.update("/".join(parts[: i + 1]) + "/" for i in range(len(parts)))
             try:
                 data = self.read(rel)
             except OSError:
                 continue
             out[rel] = None if data is None else self.put_bytes(data)
+        for folder in sorted(folders):
+            out[folder] = self.digest_of(folder)
         return out
 
     def digest_of(self, rel: str) -> str | None:
         path = self.root / rel
+        if rel.endswith("/"):  # a folder entry of a manifest
+            return FOLDER if path.is_dir() and not path.is_symlink() else None
         if path.is_symlink():  # never equal to a blob: a link where a file was is a change
             return f"symlink:{path.readlink()}"
         if not real_folders(self.root, rel):
@@ -120,18 +133,43 @@ class Store:
         return None if data is None else hashlib.sha256(data).hexdigest()
 
     def restore(self, manifest: Mapping[str, str | None]) -> list[str]:
-        """Make the files what the manifest says; returns the paths that changed."""
+        """Make the files (and folders) what the manifest says; returns what changed."""
         changed: list[str] = []
+        folders = sorted((k for k in manifest if k.endswith("/")), key=lambda k: -k.count("/"))
         for rel, digest in manifest.items():
-            if self.digest_of(rel) == digest:
+            if rel.endswith("/") or self.digest_of(rel) == digest:
                 continue
-            write_file(self.root, rel, None if digest is None else self.get(digest))
+            # Folders are the manifest's to prune (below); without folder entries (an
+            # older journal) a deleted file's emptied folders go, as they always did.
+            data = None if digest is None else self.get(digest)
+            write_file(self.root, rel, data, prune=not folders)
             changed.append(rel)
+        for folder in folders:  # deepest first
+            now = self.digest_of(folder)
+            if now == manifest[folder]:
+                continue
+            path = self.root / folder
+            if manifest[folder] is None:
+                with contextlib.suppress(OSError):
+                    path.rmdir()  # made by the attempt; kept if something else is in it
+            else:
+                _clear_way(self.root, folder.rstrip("/"))
+                path.mkdir(parents=True, exist_ok=True)
+            changed.append(folder)
         return changed
 
 
-def write_file(root: Path, rel: str, data: bytes | None, *, link: str | None = None) -> None:
-    """Write (or with None, delete) one file atomically, pruning folders it leaves empty.
+def write_file(
+    root: Path,
+    rel: str,
+    data: bytes | None,
+    *,
+    link: str | None = None,
+    prune: bool = True,
+    keep: Container[str] = (),
+) -> None:
+    """Write (or with None, delete) one file atomically, pruning folders it leaves empty
+    (with `prune`; never a folder in `keep`: one that was there before).
 
     Never writes through a link: a folder on the way that an agent replaced with a link
     leaving the root is removed and made again, and whatever stands at the path itself
@@ -142,7 +180,9 @@ def write_file(root: Path, rel: str, data: bytes | None, *, link: str | None = N
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         parent = path.parent
-        while parent != root:
+        while prune and parent != root:
+            if os.path.relpath(parent, root).replace(os.sep, "/") in keep:
+                break
             try:
                 parent.rmdir()
             except OSError:
@@ -196,8 +236,9 @@ def _clear_way(root: Path, rel: str) -> Path:
     return path
 
 
-def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """Every regular file below root except .git and .guildrun, with its stat."""
+def walk(root: Path, folders: set[str] | None = None) -> Iterator[tuple[str, os.stat_result]]:
+    """Every regular file below root except .git and .guildrun, with its stat (and each
+    folder on the way into `folders`)."""
     stack = [root]
     while stack:
         folder = stack.pop()
@@ -211,6 +252,8 @@ def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
             try:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(Path(entry.path))
+                    if folders is not None:
+                        folders.add(os.path.relpath(entry.path, root).replace(os.sep, "/"))
                 elif entry.is_file(follow_symlinks=False) or entry.is_symlink():
                     rel = os.path.relpath(entry.path, root).replace(os.sep, "/")
                     yield rel, entry.stat(follow_symlinks=False)
@@ -241,6 +284,7 @@ class Baseline:
         self.content: dict[str, str] = {}  # path -> blob, for files not recoverable from git
         self.git_blobs: dict[str, str] = {}  # path -> git blob id at HEAD, for clean files
         self._keys: list[str] | None = None
+        self.folders: set[str] = set()  # folders at run start: a stray undo never prunes them
         self.pack = Pack(root / STATE_DIR / "baseline.db")
 
     @classmethod
@@ -249,7 +293,7 @@ class Baseline:
         self.pack.clear()
         tracked, dirty = _git_state(root)
         to_copy: list[str] = []
-        for rel, st in walk(root):
+        for rel, st in walk(root, self.folders):
             self.index[rel] = Stat.of(st, root / rel)
             if self.index[rel].link is not None:
                 continue
@@ -327,9 +371,9 @@ class Baseline:
     def restore(self, rel: str) -> None:
         before = self.index.get(rel)
         if before is not None and before.link is not None:
-            write_file(self.root, rel, None, link=before.link)
+            write_file(self.root, rel, None, link=before.link, keep=self.folders)
         else:
-            write_file(self.root, rel, self.original(rel))
+            write_file(self.root, rel, self.original(rel), keep=self.folders)
         self.accept(rel)
 
     def accept(self, rel: str) -> None:
