@@ -200,6 +200,7 @@ class Engine:
             (sp.env for sp in self.plan.specialists.values()), s.secret_env
         )
         journal.redactor = executor.redactor = self.redactor
+        executor.max_log_bytes = s.max_log_bytes
 
     @property
     def results(self) -> dict[str, str]:

@@ -24,6 +24,8 @@ from .._clock import Clock, WallClock
 from .._secrets import NONE as NO_SECRETS
 from .._secrets import Redactor
 
+DEFAULT_MAX_LOG = 50 << 20
+
 
 class Ending(StrEnum):
     """How an attempt ended. The values are what the journal has always stored."""
@@ -130,6 +132,7 @@ class Executor(ABC):
     clock: Clock = WallClock()
     on_spawn: SpawnListener | None = None
     redactor: Redactor = NO_SECRETS  # the engine sets the run's; applied to logs and outcomes
+    max_log_bytes: int = DEFAULT_MAX_LOG  # per stream of an attempt (settings.max_log_bytes)
 
     def start(self, clock: Clock, on_spawn: SpawnListener | None = None) -> None:
         """Bind the run's clock, and who hears about the process groups it starts

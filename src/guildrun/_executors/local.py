@@ -28,10 +28,11 @@ import psutil
 from .. import _reaper
 from .._clock import Clock
 from .._errors import GuildrunError
+from .._logcap import CappedFile
 from .._monitor import Monitor, Sample
 from .._safeio import NotARegularFile, read_head, read_regular
 from .._secrets import Redactor, Stream
-from .base import Ending, Executor, InstanceSpec, Job, Outcome, SpawnListener
+from .base import DEFAULT_MAX_LOG, Ending, Executor, InstanceSpec, Job, Outcome, SpawnListener
 
 RESULT_LIMIT = 1 << 20  # a result kept in the journal is cut at 1 MiB
 
@@ -75,13 +76,19 @@ class _Sink:
     """
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, fd: int, path: Path, secrets: Stream
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fd: int,
+        path: Path,
+        secrets: Stream,
+        limit: int = DEFAULT_MAX_LOG,
     ) -> None:
         self.loop = loop
         self.fd = fd
         self.path = path
         self.secrets = secrets  # what reaches the file has no secret in it
-        self.out = -1
+        self.limit = limit  # head and tail kept, the middle cut (_logcap)
+        self.out: CappedFile | None = None
         self.kept = bytearray()
         os.set_blocking(fd, False)
         loop.add_reader(fd, self._read)
@@ -102,11 +109,9 @@ class _Sink:
             self._put(data)
 
     def _put(self, data: bytes) -> None:
-        if self.out < 0:
-            self.out = os.open(self.path, _OUT_FLAGS | os.O_CLOEXEC, 0o644)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.out, view) :]
+        if self.out is None:
+            self.out = CappedFile(self.path, self.limit)
+        self.out.write(data)
         room = RESULT_LIMIT - len(self.kept)
         if room > 0:
             self.kept += data[:room]
@@ -131,9 +136,9 @@ class _Sink:
         rest = self.secrets.flush()
         if rest:
             self._put(rest)
-        if self.out >= 0:
-            os.close(self.out)
-            self.out = -1
+        if self.out is not None:
+            self.out.close()
+            self.out = None
 
 
 class LocalExecutor(Executor):
@@ -231,8 +236,8 @@ class LocalExecutor(Executor):
         pid, proc.returncode = proc.pid, 0
         secrets = self.redactor
         sinks = (
-            _Sink(loop, out_r, job.stdout_path, secrets.stream()),
-            _Sink(loop, err_r, job.stderr_path, secrets.stream()),
+            _Sink(loop, out_r, job.stdout_path, secrets.stream(), self.max_log_bytes),
+            _Sink(loop, err_r, job.stderr_path, secrets.stream(), self.max_log_bytes),
         )
         task = job.context.task_id
         self._groups[task] = pid
@@ -343,7 +348,6 @@ class LocalExecutor(Executor):
             _reaper.release_subreaper()
 
 
-_OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 _SCRUB_LIMIT = 64 << 20
 
 
