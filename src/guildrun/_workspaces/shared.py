@@ -38,7 +38,8 @@ from .base import Check, Manifest, Workspace
 from .ownership import Ownership
 from .protected import Protected
 
-_WRITES = frozenset({"created", "modified", "deleted", "moved", "closed"})
+# "attrib": a chmod, and a new hard link (the link count of the file it names changes).
+_WRITES = frozenset({"created", "modified", "deleted", "moved", "closed", "attrib"})
 _SKIP = (".git", STATE_DIR)
 FOLDER = "folder"  # a manifest's value for a folder that exists
 
@@ -167,6 +168,7 @@ def write_file(
     link: str | None = None,
     prune: bool = True,
     keep: Container[str] = (),
+    mode: int = 0o644,
 ) -> None:
     """Write (or with None, delete) one file atomically, pruning folders it leaves empty
     (with `prune`; never a folder in `keep`: one that was there before).
@@ -201,7 +203,7 @@ def write_file(
         else:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data or b"")
-            tmp.chmod(0o644)
+            tmp.chmod(mode)
         tmp.replace(path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -266,12 +268,15 @@ class Stat:
     size: int
     mtime_ns: int
     link: str | None = None  # the target, for a symlink
+    mode: int = 0  # permission bits: a chmod is a change too
+    ino: int = 0  # to find the other names of a file a task hard-linked
 
     @classmethod
     def of(cls, st: os.stat_result, path: str | Path | None = None) -> Stat:
+        mode = stat_mod.S_IMODE(st.st_mode)
         if path is not None and stat_mod.S_ISLNK(st.st_mode):
-            return cls(st.st_size, st.st_mtime_ns, str(Path(path).readlink()))
-        return cls(st.st_size, st.st_mtime_ns)
+            return cls(st.st_size, st.st_mtime_ns, str(Path(path).readlink()), 0, st.st_ino)
+        return cls(st.st_size, st.st_mtime_ns, None, mode, st.st_ino)
 
 
 class Baseline:
@@ -326,6 +331,8 @@ class Baseline:
             return False
         if now.link is not None or before.link is not None:
             return now.link != before.link
+        if now.mode != before.mode:
+            return True
         old = self.content.get(rel) or self._git_digest(rel)
         return old != self.store.digest_of(rel)
 
@@ -373,7 +380,8 @@ class Baseline:
         if before is not None and before.link is not None:
             write_file(self.root, rel, None, link=before.link, keep=self.folders)
         else:
-            write_file(self.root, rel, self.original(rel), keep=self.folders)
+            mode = before.mode if before is not None else 0o644
+            write_file(self.root, rel, self.original(rel), keep=self.folders, mode=mode)
         self.accept(rel)
 
     def accept(self, rel: str) -> None:
@@ -643,6 +651,10 @@ class SharedTree(Workspace):
             if owners:
                 for t in owners:
                     out.touched[t].append(path)
+                    # A hard link to another file: writing it wrote that file too.
+                    for other in self._other_names(path):
+                        if not rules.allowed(t, other):
+                            self._pending.setdefault(other, set()).update(suspects)
                 continue
             self._pending.setdefault(path, set()).update(suspects)
         self._ran_since_check = set(running)
@@ -674,6 +686,18 @@ class SharedTree(Workspace):
                 out.stray.append(path)
                 blamed |= who
         out.suspects = sorted(blamed)
+
+    def _other_names(self, rel: str) -> list[str]:
+        """The other names, at run start, of the file `rel` now is (a task made it a hard
+        link to them); empty for a file with one name."""
+        assert self.baseline is not None
+        try:
+            st = (self.root / rel).lstat()
+        except OSError:
+            return []
+        if st.st_nlink < 2 or not stat_mod.S_ISREG(st.st_mode):
+            return []
+        return [p for p, s in self.baseline.index.items() if s.ino == st.st_ino and p != rel]
 
     def _guard(self, out: Check, suspects: set[str], ended: set[str]) -> None:
         """Protected places (git's config, hooks, info) changed: put back at once, and
