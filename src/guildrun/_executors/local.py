@@ -270,11 +270,13 @@ class LocalExecutor(Executor):
             loop.remove_reader(pidfd)
             os.close(pidfd)
             _kill_group(pid, signal.SIGKILL)
+            # What left the group (setsid, setpgid, a double fork) is found and killed,
+            # while the leader is still an unreaped zombie: its pid, the task's session
+            # id, cannot have been given to anyone else.
+            self._run_id = job.context.run_id
+            _reaper.sweep(job.context.run_id, task, pid, {pid, *self._groups.values()})
             # The pidfd said it exited: this waitpid returns at once.
             code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])  # noqa: ASYNC222
-            # What left the group (setsid, setpgid, a double fork) is found and killed.
-            self._run_id = job.context.run_id
-            _reaper.sweep(job.context.run_id, task, pid, set(self._groups.values()))
             for sink in sinks:
                 sink.drain()
         ended = clock.now()
