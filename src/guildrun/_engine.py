@@ -52,6 +52,7 @@ from ._workspaces.ownership import Ownership
 from ._workspaces.shared import SharedTree
 
 PGID_FLUSH_S = 0.2
+JOURNAL_NAME = f"{STATE_DIR}/journal.db"
 
 
 class Reporter:
@@ -351,6 +352,7 @@ class Engine:
         if ended:
             with self.timings("ownership"):
                 check = self.workspace.check([tid for tid, _, _ in ended], set(self._running))
+                self._journal_guard(check, [tid for tid, _, _ in ended])
         with self.timings("journal"), self.journal.transaction() as committed:
             self._write_pgids()
             if check.stray:
@@ -379,6 +381,19 @@ class Engine:
             jobs = self._apply(decisions)
         self.reporter.events(committed)
         self._launch(jobs)
+
+    def _journal_guard(self, check: Check, ended: list[str]) -> None:
+        """A task wrote the journal (guildrun's, not a task's): blamed like any unowned
+        change. What it wrote cannot be taken back (docs/security.md); a damaged journal is
+        named so."""
+        if not self.journal.written_by_another():
+            return
+        what = JOURNAL_NAME if self.journal.intact() else f"{JOURNAL_NAME} (damaged)"
+        if len(ended) == 1 and not self._running:
+            check.violations.setdefault(ended[0], []).append(what)
+        else:
+            check.stray.append(what)
+            check.suspects = sorted({*check.suspects, *ended, *self._running})
 
     def stop(self) -> None:
         self._stop.set()

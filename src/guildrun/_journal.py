@@ -228,6 +228,8 @@ class Journal:
         self._pending: list[Event] = []
         self._rows: list[tuple[object, ...]] = []
         self.redactor: Redactor = NO_SECRETS  # the run's secrets, never written here
+        self._data_version: int | None = None
+        self.written_by_another()  # from here on, another writer is noticed
         # Inside a transaction, per-task row writes wait here and go in with executemany,
         # statement by statement in the order first seen. Rows of one statement never
         # depend on each other; where one task gets two statements in one transaction
@@ -457,6 +459,25 @@ class Journal:
             " count=count+excluded.count",
             [(run_id, step, sec, n) for step, (sec, n) in timings.items()],
         )
+
+    def written_by_another(self) -> bool:
+        """Whether another connection committed to the journal since the last call.
+
+        One engine per root holds the journal (the run lock); readers never commit. So
+        a change here during a run is a task writing guildrun's records: SQLite's
+        `data_version` moves for commits of other connections only, never for ours.
+        """
+        version = int(self.db.execute("PRAGMA data_version").fetchone()[0])
+        seen, self._data_version = self._data_version, version
+        return seen is not None and version != seen
+
+    def intact(self) -> bool:
+        """SQLite's own quick check of the file's structure."""
+        try:
+            rows = self.db.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.DatabaseError:
+            return False
+        return [tuple(r) for r in rows] == [("ok",)]
 
     def set_status(self, run_id: str, status: str) -> None:
         self.db.execute(

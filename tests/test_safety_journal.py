@@ -1,0 +1,44 @@
+"""The journal is guildrun's: a task that writes it is caught and blamed."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from pathlib import Path
+
+import guildrun
+
+TAMPER = r"""
+import os, sqlite3
+db = sqlite3.connect(os.path.join(".guildrun", "journal.db"))
+db.execute("UPDATE tasks SET state='done' WHERE id='other'")
+db.commit()
+"""
+
+
+def test_a_task_writing_the_journal_is_an_ownership_violation(project: Path) -> None:
+    plan = guildrun.Plan.model_validate(
+        {
+            "settings": {"retry": {"attempts": 1}},
+            "specialists": {"py": {"run": [sys.executable, "-c", TAMPER]}},
+            "tasks": [
+                {"id": "tamper", "specialist": "py"},
+                {"id": "other", "specialist": "py", "prompt": "x", "depends_on": ["tamper"]},
+            ],
+        }
+    )
+    summary = guildrun.run(plan, root=project)
+    db = sqlite3.connect(project / ".guildrun" / "journal.db")
+    (error,) = db.execute("SELECT error FROM attempts WHERE task_id='tamper'").fetchone()
+    assert error == "ownership violation: wrote .guildrun/journal.db"
+    assert summary.failed == 1 and summary.skipped == 1
+
+
+def test_the_engine_own_writes_are_not_mistaken_for_a_task(project: Path) -> None:
+    plan = guildrun.Plan.model_validate(
+        {
+            "specialists": {"sh": {"run": ["true"]}},
+            "tasks": [{"id": str(i), "specialist": "sh"} for i in range(20)],
+        }
+    )
+    assert guildrun.run(plan, root=project).ok
