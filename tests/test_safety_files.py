@@ -66,3 +66,22 @@ def test_special_files_fail_the_task_not_the_engine(project: Path) -> None:
         assert path.read_text() == f"original {name}\n"
     assert (project / "fine.txt").read_text() == "fine\n"
     assert errors["stray"].startswith("ownership violation: wrote shared.txt")
+
+
+@pytest.mark.timeout(60)
+def test_a_fifo_where_the_log_goes_does_not_hang_the_engine(
+    project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    script = (
+        'mkfifo "$GUILDRUN_ROOT/.guildrun/runs/$GUILDRUN_RUN_ID/logs/$GUILDRUN_TASK_ID.out"'
+        " && echo hello"
+    )
+    plan = guildrun.Plan.model_validate(
+        {
+            "specialists": {"sh": {"run": ["sh", "-c", script]}},
+            "tasks": [{"id": "t", "specialist": "sh"}, {"id": "u", "specialist": "sh"}],
+        }
+    )
+    summary = guildrun.run(plan, root=project)
+    assert summary.done == 2  # the output is lost, the run is not
+    assert not [r for r in caplog.records if r.name == "asyncio"], "an engine callback broke"

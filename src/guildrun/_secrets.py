@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 MASK = "***"
-MIN_LENGTH = 4
+MIN_LENGTH = 6
 PATTERNS = ("*_KEY", "*_TOKEN", "*_SECRET", "*PASSWORD*")
 
 

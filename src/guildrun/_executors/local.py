@@ -89,6 +89,7 @@ class _Sink:
         self.secrets = secrets  # what reaches the file has no secret in it
         self.limit = limit  # head and tail kept, the middle cut (_logcap)
         self.out: CappedFile | None = None
+        self.broken = False
         self.kept = bytearray()
         os.set_blocking(fd, False)
         loop.add_reader(fd, self._read)
@@ -109,9 +110,15 @@ class _Sink:
             self._put(data)
 
     def _put(self, data: bytes) -> None:
-        if self.out is None:
-            self.out = CappedFile(self.path, self.limit)
-        self.out.write(data)
+        if not self.broken:
+            try:
+                if self.out is None:
+                    self.out = CappedFile(self.path, self.limit)
+                self.out.write(data)
+            except OSError:
+                # A task put a link or a FIFO where its log goes: the log is lost, the
+                # pipe is still drained so the task never blocks on it.
+                self.broken = True
         room = RESULT_LIMIT - len(self.kept)
         if room > 0:
             self.kept += data[:room]
@@ -137,7 +144,8 @@ class _Sink:
         if rest:
             self._put(rest)
         if self.out is not None:
-            self.out.close()
+            with contextlib.suppress(OSError):
+                self.out.close()
             self.out = None
 
 
@@ -362,7 +370,10 @@ def _scrub(path: Path, redactor: Redactor) -> None:
     text = data.decode("utf-8", errors="surrogateescape")
     clean = redactor.text(text)
     if clean != text:
-        path.write_bytes(clean.encode("utf-8", errors="surrogateescape"))
+        with contextlib.suppress(OSError):  # never through a link planted meanwhile
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(clean.encode("utf-8", errors="surrogateescape"))
 
 
 @functools.lru_cache(maxsize=256)
