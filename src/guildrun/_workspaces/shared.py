@@ -50,6 +50,7 @@ class Store:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.dir = root / STATE_DIR / "objects"
+        self._root_real: Path | None = None
 
     def _blob(self, digest: str) -> Path:
         return self.dir / digest[:2] / digest[2:]
@@ -67,11 +68,11 @@ class Store:
     def get(self, digest: str) -> bytes:
         return self._blob(digest).read_bytes()
 
-    def read(self, rel: str) -> bytes | None:
+    def read(self, rel: str, folders: dict[str, Path | None] | None = None) -> bytes | None:
         """A file's content (None: absent, or a folder), read safely: a link is followed
         only to a regular file inside the root; a FIFO, a device or a socket is never
         opened for long, and nothing larger than MAX_FILE is read (`NotARegularFile`,
-        `TooLarge`)."""
+        `TooLarge`). `folders` caches where each folder really is, for one capture."""
         path = self.root / rel
         try:
             st = path.lstat()
@@ -79,13 +80,28 @@ class Store:
             return None
         if stat_mod.S_ISDIR(st.st_mode):
             return None
-        real = Path(os.path.realpath(path))
-        if not real.is_relative_to(Path(os.path.realpath(self.root))):
+        root = self._real_root()
+        if stat_mod.S_ISLNK(st.st_mode):
+            real = Path(os.path.realpath(path))
+        else:  # only the folders on the way can lead elsewhere: resolve each once
+            parent, _, name = rel.rpartition("/")
+            cache = folders if folders is not None else {}
+            if parent not in cache:
+                where = Path(os.path.realpath(self.root / parent))
+                cache[parent] = where if where.is_relative_to(root) else None
+            there = cache[parent]
+            real = there / name if there is not None else Path(os.path.realpath(path))
+        if not real.is_relative_to(root):
             raise NotARegularFile(f"{rel} leads out of the project root (to {real})")
         try:
             return read_regular(real)
         except (FileNotFoundError, NotADirectoryError):
             return None  # a dangling link: nothing there
+
+    def _real_root(self) -> Path:
+        if self._root_real is None:
+            self._root_real = Path(os.path.realpath(self.root))
+        return self._root_real
 
     def problem(self, rel: str) -> str | None:
         """Why guildrun will not read this path as a file (None: it can)."""
@@ -107,11 +123,12 @@ class Store:
         """
         out: Manifest = {}
         folders: set[str] = set()
+        real: dict[str, Path | None] = {}
         for rel in paths:
             parts = rel.split("/")[:-1]
             folders.update("/".join(parts[: i + 1]) + "/" for i in range(len(parts)))
             try:
-                data = self.read(rel)
+                data = self.read(rel, real)
             except OSError:
                 continue
             out[rel] = None if data is None else self.put_bytes(data)
