@@ -42,3 +42,19 @@ def test_the_engine_own_writes_are_not_mistaken_for_a_task(project: Path) -> Non
         }
     )
     assert guildrun.run(plan, root=project).ok
+
+
+def test_a_rewritten_snapshot_is_never_restored(project: Path) -> None:
+    from guildrun._workspaces.shared import Store
+
+    (project / "a.txt").write_text("mine\n")
+    store = Store(project)
+    manifest = store.capture(["a.txt"])
+    digest = manifest["a.txt"]
+    assert digest is not None
+    blob = project / ".guildrun" / "objects" / digest[:2] / digest[2:]
+    blob.write_text("planted by another task\n")
+    (project / "a.txt").write_text("changed\n")
+    store.restore(manifest)
+    assert (project / "a.txt").read_text() == "changed\n"  # not the planted content
+    assert store.tampered == ["a.txt"]

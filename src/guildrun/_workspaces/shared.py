@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._git import Git, GitError
+from .._errors import GuildrunError
 from .._paths import STATE_DIR
 from .._safeio import NotARegularFile, TooLarge, read_regular
 from .base import Check, Manifest, Workspace
@@ -44,6 +45,10 @@ _SKIP = (".git", STATE_DIR)
 FOLDER = "folder"  # a manifest's value for a folder that exists
 
 
+class Tampered(GuildrunError, OSError):
+    """A snapshot blob no longer has the content its name (its hash) says."""
+
+
 class Store:
     """Blobs by sha256; writing the same content twice costs a stat."""
 
@@ -51,6 +56,7 @@ class Store:
         self.root = root
         self.dir = root / STATE_DIR / "objects"
         self._root_real: Path | None = None
+        self.tampered: list[str] = []  # paths not restored: their snapshot was changed
 
     def _blob(self, digest: str) -> Path:
         return self.dir / digest[:2] / digest[2:]
@@ -66,7 +72,13 @@ class Store:
         return digest
 
     def get(self, digest: str) -> bytes:
-        return self._blob(digest).read_bytes()
+        """A blob, checked against its name: a snapshot a task rewrote under .guildrun
+        is never restored (`Tampered`), so it cannot smuggle content into another
+        task's file through a shared blob."""
+        data = read_regular(self._blob(digest))
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise Tampered(f"{STATE_DIR}/objects/{digest[:2]}/{digest[2:]} was changed")
+        return data
 
     def read(self, rel: str, folders: dict[str, Path | None] | None = None) -> bytes | None:
         """A file's content (None: absent, or a folder), read safely: a link is followed
@@ -159,7 +171,11 @@ class Store:
                 continue
             # Folders are the manifest's to prune (below); without folder entries (an
             # older journal) a deleted file's emptied folders go, as they always did.
-            data = None if digest is None else self.get(digest)
+            try:
+                data = None if digest is None else self.get(digest)
+            except Tampered:
+                self.tampered.append(rel)  # left as it is: nothing trustworthy to put back
+                continue
             write_file(self.root, rel, data, prune=not folders)
             changed.append(rel)
         for folder in folders:  # deepest first
