@@ -31,8 +31,8 @@ from collections.abc import Collection, Container, Iterable, Iterator, Mapping, 
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._git import Git, GitError
 from .._errors import GuildrunError
+from .._git import Git, GitError
 from .._paths import STATE_DIR
 from .._safeio import NotARegularFile, TooLarge, read_regular
 from .base import Check, Manifest, Workspace
