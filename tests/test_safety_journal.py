@@ -58,3 +58,17 @@ def test_a_rewritten_snapshot_is_never_restored(project: Path) -> None:
     store.restore(manifest)
     assert (project / "a.txt").read_text() == "changed\n"  # not the planted content
     assert store.tampered == ["a.txt"]
+
+
+def test_a_rewritten_baseline_copy_is_never_restored(project: Path) -> None:
+    from guildrun._workspaces.shared import Baseline, Store
+
+    (project / "u.txt").write_text("original\n")
+    baseline = Baseline.take(project, Store(project))
+    db = sqlite3.connect(project / ".guildrun" / "baseline.db")
+    db.execute("UPDATE blobs SET data=?", (b"planted\n",))
+    db.commit()
+    (project / "u.txt").write_text("stray\n")
+    baseline.restore("u.txt")
+    assert (project / "u.txt").read_text() == "stray\n"  # not the planted content
+    baseline.pack.close()

@@ -414,7 +414,11 @@ class Baseline:
             write_file(self.root, rel, None, link=before.link, keep=self.folders)
         else:
             mode = before.mode if before is not None else 0o644
-            write_file(self.root, rel, self.original(rel), keep=self.folders, mode=mode)
+            try:
+                data = self.original(rel)
+            except Tampered:
+                return  # its copy was rewritten: nothing trustworthy to put back
+            write_file(self.root, rel, data, keep=self.folders, mode=mode)
         self.accept(rel)
 
     def accept(self, rel: str) -> None:
@@ -483,7 +487,10 @@ class Pack:
         row = self.db.execute("SELECT data FROM blobs WHERE digest=?", (digest,)).fetchone()
         if row is None:
             raise KeyError(f"no blob {digest} in {self.db}")
-        return bytes(row[0])
+        data = bytes(row[0])
+        if hashlib.sha256(data).hexdigest() != digest:  # a task rewrote the cache
+            raise Tampered(f"{self.path.name}: the copy of a file was changed")
+        return data
 
     def clear(self) -> None:
         """Start empty: a pack left damaged by a power loss is never read again."""
