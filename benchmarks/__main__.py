@@ -7,7 +7,17 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from . import callables, phases, scale, schedule, seed_table, trivial, utilization, worktree
+from . import (
+    callables,
+    phases,
+    ratelimit,
+    scale,
+    schedule,
+    seed_table,
+    trivial,
+    utilization,
+    worktree,
+)
 from ._common import Mode, Section
 from ._report import print_report, write_doc
 
@@ -20,6 +30,7 @@ SCENARIOS: dict[str, Callable[[Mode], Section]] = {
     "phases": phases.run,
     "scale": scale.run,
     "worktree": worktree.run,
+    "ratelimit": ratelimit.run,
 }
 
 

@@ -8,6 +8,7 @@ The recordings in tests/data/agents/ are the stdout of real runs made by the slo
 from __future__ import annotations
 
 import json
+import os
 import stat
 import sys
 import threading
@@ -787,3 +788,36 @@ def test_server_reads_chunked_bodies() -> None:
         connection.close()
         assert answer["content"][0]["text"] == "chunked ok"
         assert server.requests[0].conversation == "sent in chunks"
+
+
+def test_a_task_may_name_a_claude_subagent_as_its_specialist(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from guildrun import Plan
+    from guildrun._prepare import prepare
+
+    agents = tmp_path / ".claude" / "agents"
+    agents.mkdir(parents=True)
+    (agents / "reviewer.md").write_text(
+        "---\nname: reviewer\ndescription: reviews code\ntools: Read, Grep\nmodel: sonnet\n---\n"
+        "You review code carefully.\n"
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "claude"  # only looked up on PATH here, never run
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    plan = Plan.model_validate(
+        {
+            "specialists": {"w": {"run": ["true"]}},
+            "tasks": [{"id": "r", "specialist": "reviewer", "prompt": "review api.py"}],
+        }
+    )
+    prepared = prepare(plan, root=tmp_path)
+    agent = prepared.plan.specialists["reviewer"].agent
+    assert agent is not None and agent.agent == "claude"
+    assert agent.tools == ("Read", "Grep") and agent.model == "sonnet"
+    assert "review code carefully" in (agent.system_prompt or "")
+    # The journaled plan carries it, so a resume needs no file.
+    assert "reviewer" in prepared.source.specialists

@@ -459,3 +459,41 @@ def test_strategy_and_retry_objects_given_in_code_reach_the_run(project: Path) -
     firsts = {a["task_id"]: a["instance"] for a in ran.attempts if a["attempt"] == 1}
     # Round robin keeps the static deal: w1, w4, w7 on one instance (nobody steals).
     assert firsts["w1"] == firsts["w4"] == firsts["w7"]
+
+
+def test_a_rate_limit_holds_the_provider_and_is_retried_without_counting(project: Path) -> None:
+    harness = Harness("fake", project)
+    acts = {
+        "w1": [Act(1.0, Ending.RATE_LIMITED, 1, retry_after=10.0), Act(1.0)],
+        "w2": [Act(0.5)],
+        "w3": [Act(20.0)],
+        "w4": [Act(2.0)],  # ends inside the hold: without it, w5 would start then
+        "w5": [Act(0.5)],
+    }
+    plan = Plan.model_validate(
+        {
+            "settings": {"per_agent_type": 2, "retry": {"attempts": 1}, "sample_interval": 0},
+            # The fake executor never runs the agent; `program` only passes the PATH check.
+            "specialists": {"w": {"agent": "claude", "program": "/bin/true"}},
+            "tasks": tasks(5),
+        }
+    )
+    prepared = prepare(plan, root=project)
+    clock = VirtualClock()
+    try:
+        summary = clock.run(
+            run_prepared(prepared, handle_signals=False, executor=FakeExecutor(acts), clock=clock)
+        )
+    finally:
+        clock.close()
+    ran = harness.read(summary)
+    assert ran.summary.done == 5  # one try allowed, yet w1 is done: a rate limit does not count
+    w1 = [a for a in ran.attempts if a["task_id"] == "w1"]
+    assert [a["status"] for a in w1] == ["rate_limited", "ok"]
+    limited_at = w1[0]["ended"]
+    # Nothing of the provider started while it was held (10 s and up to 25% jitter).
+    starts = sorted(a["started"] for a in ran.attempts)
+    assert not [s for s in starts if limited_at < s < limited_at + 10.0]
+    assert summary.rate_limited >= 1
+    kinds = [e["kind"] for e in ran.events]
+    assert "rate_limited" in kinds and "throttle_released" in kinds

@@ -36,6 +36,7 @@ def test_quick_mode_runs_every_scenario() -> None:
         "6. The seed's phase",
         "7. Scale",
         "8. Worktree mode",
+        "9. A rate-limit storm",
     ):
         assert title in out
     assert "== Targets (quick mode" in out

@@ -127,3 +127,30 @@ def test_run_demo_passes_and_prints_both_wall_times(tmp_path: Path) -> None:
     assert text.count("speedup") == 1, text
     assert text.count("parallelism") == 3, text  # run 1, run 2, the note under the speedup
     assert (tmp_path / "demo-sequential" / "shop").is_dir()
+
+
+@pytest.mark.slow
+def test_run_demo_in_worktree_mode_applies_one_commit_per_task(tmp_path: Path) -> None:
+    out = io.StringIO()
+    assert run_demo(tmp_path / "demo", THINK, out, "worktree") == 0, out.getvalue()
+    text = out.getvalue()
+    assert text.count("validation: unittest passed") == 2, text
+    repo = tmp_path / "demo"
+    log = subprocess.run(
+        ["git", "log", "--format=%(trailers:key=Guildrun-Task,valueonly)"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    plan = demo_plan(THINK)
+    # Every task that changed a file is one commit on the user's branch; the rest, none.
+    assert set(log) <= {t.id for t in plan.tasks} and len(log) == len(set(log)) >= 10
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True
+    )
+    assert status.stdout == ""
+    worktrees = subprocess.run(
+        ["git", "worktree", "list"], cwd=repo, capture_output=True, text=True, check=True
+    )
+    assert len(worktrees.stdout.splitlines()) == 1

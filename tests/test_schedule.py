@@ -440,3 +440,33 @@ def test_random_operations_keep_the_books_and_never_stall() -> None:
                 s.finish(tid, True)
             s.dispatch()
         assert s.finished, f"seed {seed}"
+
+
+def test_revoke_fails_a_done_task_and_skips_its_dependents_not_yet_started() -> None:
+    # A quality gate blamed `a` after it was done: `b` (waiting on it, next phase) is
+    # skipped, `c` (independent) still runs, and the run can finish.
+    plan = compiled(
+        {
+            "specialists": {"s": {"run": ["true"]}},
+            "tasks": [
+                {"id": "a", "specialist": "s"},
+                {"id": "b", "specialist": "s", "phase": "validation", "depends_on": ["a"]},
+                {"id": "c", "specialist": "s", "phase": "validation"},
+            ],
+        }
+    )
+    sched = Scheduler(plan, limits={"s": 2}, total=4)
+    assert starts(sched.dispatch()) == [("a", "s#1", None)]
+    sched.finish("a", True)
+    out = sched.revoke("a")
+    assert [(d.task, d.cause) for d in out if isinstance(d, Skipped)] == [("b", "a")]
+    assert sched.state[0] is State.FAILED and sched.state[1] is State.SKIPPED
+    assert [t for t, _, _ in starts(sched.dispatch())] == ["c"]
+    sched.finish("c", True)
+    assert sched.finished
+    try:
+        sched.revoke("b")
+    except ValueError as exc:
+        assert "not done" in str(exc)
+    else:
+        raise AssertionError("a task that is not done cannot be revoked")

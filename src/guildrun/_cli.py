@@ -111,10 +111,23 @@ def _parser() -> argparse.ArgumentParser:
             "the human output goes to stderr)",
         )
 
+    def budget_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--max-cost-usd",
+            type=float,
+            metavar="USD",
+            help="budget of the run: past it no new task starts (resume with a higher one)",
+        )
+        sp.add_argument(
+            "--max-tokens", type=_positive, metavar="N", help="budget of the run in agent tokens"
+        )
+
     r = sub.add_parser("run", help="run a plan")
     plan_args(r)
     output_args(r)
     r.add_argument("--fail-fast", action="store_true", help="stop everything at the first failure")
+    budget_args(r)
+    _worktree_args(r)
 
     rsm = sub.add_parser("resume", help="continue an interrupted run (default: the latest)")
     rsm.add_argument("run", nargs="?", help=RUN_HELP)
@@ -123,6 +136,7 @@ def _parser() -> argparse.ArgumentParser:
         "--retry-failed", action="store_true", help="run failed and skipped tasks again"
     )
     output_args(rsm)
+    budget_args(rsm)
 
     rr = sub.add_parser(
         "rerun", help="a new run of a past run's plan: its failed tasks, or named ones"
@@ -192,6 +206,10 @@ def _parser() -> argparse.ArgumentParser:
     output_args(fo)
     fo.add_argument("--fail-fast", action="store_true", help="stop everything at the first failure")
 
+    from ._worktree_cli import add_commands
+
+    add_commands(sub)
+
     d = sub.add_parser("demo", help="run the demo on a sample repository")
     d.add_argument("--dir", help="where to build the sample repository (default: a temp folder)")
     d.add_argument(
@@ -201,7 +219,32 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long each stand-in agent sleeps in place of a language model (default 1.0)",
     )
+    d.add_argument(
+        "--workspace",
+        choices=("shared", "worktree"),
+        default="shared",
+        help="the agents share the sample repository, or each works in its own git worktree",
+    )
     return p
+
+
+def _worktree_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--workspace",
+        choices=("shared", "worktree"),
+        help="where tasks work: the project itself, or a git worktree per instance "
+        "(overrides the plan)",
+    )
+    sp.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="worktree mode: start on uncommitted changes (the base is a snapshot of them)",
+    )
+    sp.add_argument(
+        "--apply",
+        action="store_true",
+        help="worktree mode: bring the result into the current branch when the run succeeds",
+    )
 
 
 def overview(parser: argparse.ArgumentParser) -> str:
@@ -226,6 +269,17 @@ def overview(parser: argparse.ArgumentParser) -> str:
     return "\n".join(lines)
 
 
+def _budget(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if getattr(args, "max_cost_usd", None) is not None:
+        if args.max_cost_usd <= 0:
+            raise UsageError("--max-cost-usd must be more than 0")
+        out["max_cost_usd"] = args.max_cost_usd
+    if getattr(args, "max_tokens", None) is not None:
+        out["max_tokens"] = args.max_tokens
+    return out
+
+
 def _prepare(args: argparse.Namespace) -> Prepared:
     overrides: dict[str, Any] = {
         "per_agent_type": args.per_agent_type,
@@ -234,6 +288,12 @@ def _prepare(args: argparse.Namespace) -> Prepared:
     }
     if getattr(args, "fail_fast", False):
         overrides["fail_fast"] = True
+    overrides.update(_budget(args))
+    if getattr(args, "workspace", None):
+        overrides["workspace"] = args.workspace
+    for flag in ("allow_dirty", "apply"):
+        if getattr(args, flag, False):
+            overrides[flag] = True
     return prepare(args.plan, root=args.root, overrides=overrides, auto=args.auto)
 
 
@@ -273,6 +333,10 @@ def _own_files(args: argparse.Namespace, root: Path) -> list[str]:
 def _finish(summary: Summary, args: argparse.Namespace, con: _Consoles) -> int:
     if args.json:
         print(json.dumps(summary.to_json()))
+        if summary.undone:  # the JSON lists them; a person watching stderr is told too
+            from ._metrics import UNDONE_HINT
+
+            sys.stderr.write(f"guildrun: {UNDONE_HINT}\n")
     else:
         from ._display import print_summary
 
@@ -335,6 +399,7 @@ def _cmd_resume(args: argparse.Namespace, con: _Consoles) -> int:
                 args.run,
                 root=args.root,
                 retry_failed=args.retry_failed,
+                settings=_budget(args),
                 reporter=_reporter(args, con, stack),
                 crash_after_commit=_crash_hook(),
                 own_files=_own_files(args, root),
@@ -502,6 +567,8 @@ def _cmd_runs(args: argparse.Namespace, out: Console) -> int:
         out.print(f"no runs yet in {root}", highlight=False)
     for s, note in rows:
         speedup = f"  speedup {s.speedup:.2f}x vs {s.speedup_vs}" if s.speedup is not None else ""
+        undone = sum(len(u.paths) for u in s.undone)
+        speedup += f"  undone {undone}" if undone else ""
         out.print(
             f"{s.run_id}  {note or s.status:<11} done {s.done} failed {s.failed} "
             f"skipped {s.skipped}  wall {s.wall_s:.2f}s  parallelism {s.parallelism:.2f}x"
@@ -553,7 +620,7 @@ def _cmd_demo(args: argparse.Namespace, out: Console) -> int:
 
     if args.think < 0:
         raise UsageError("--think: must not be negative")
-    return run_demo(Path(args.dir) if args.dir else None, args.think, out)
+    return run_demo(Path(args.dir) if args.dir else None, args.think, out, args.workspace)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -598,6 +665,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_rerun(args, con)
         if cmd == "fanout":
             return _cmd_fanout(args, con)
+        if cmd in ("apply", "resolve", "clean"):
+            from ._worktree_cli import run_command
+
+            return run_command(args, con.out)
         raise UsageError(f"unknown command {cmd!r}")
     except GuildrunError as exc:
         for line in str(exc).splitlines() or [""]:

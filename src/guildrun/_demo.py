@@ -313,8 +313,11 @@ def _agent(specialist: str, think: float, *, with_files: bool = True) -> list[st
     return [*argv, "--", "{files}"] if with_files else argv
 
 
-def demo_plan(think: float) -> Plan:
-    """The team: research, then interface, service and test agents, then the test suite."""
+def demo_plan(think: float, workspace: str = "shared") -> Plan:
+    """The team: research, then interface, service and test agents, then the test suite.
+
+    `workspace: worktree`: each instance in its own git worktree, the result applied to the
+    sample repository's branch at the end."""
     limit = think + 60.0
     specialists = {
         "research": Specialist(run=_agent("research", think, with_files=False), timeout=limit),
@@ -360,7 +363,10 @@ def demo_plan(think: float) -> Plan:
             prompt="Run the repository's unittest suite.",
         ),
     ]
-    return Plan(settings=Settings(per_agent_type=PARALLEL), specialists=specialists, tasks=tasks)
+    settings = Settings(per_agent_type=PARALLEL)
+    if workspace == "worktree":
+        settings = Settings(per_agent_type=PARALLEL, workspace="worktree", apply=True)
+    return Plan(settings=settings, specialists=specialists, tasks=tasks)
 
 
 def _component_tasks() -> list[Task]:
@@ -493,7 +499,9 @@ def _run_copy(repo: Path, plan: Plan, instances: int, emit: Emit) -> Measured:
     return Measured(s, ok and s.failed == 0 and s.skipped == 0, verdict)
 
 
-def run_demo(dest: Path | None, think: float = 1.0, out: Any = None) -> int:
+def run_demo(
+    dest: Path | None, think: float = 1.0, out: Any = None, workspace: str = "shared"
+) -> int:
     """Run the demo; 0 when both copies end with their test suite passing."""
     emit = _emitter(out)
     if think < 0:
@@ -502,7 +510,9 @@ def run_demo(dest: Path | None, think: float = 1.0, out: Any = None) -> int:
     for place in (parallel_repo, sequential_repo):
         _check_free(place)  # both, before minutes are spent on the first run
     build_repo(parallel_repo)
-    plan = demo_plan(think)
+    if workspace == "worktree" and shutil.which("git") is None:
+        raise UsageError("--workspace worktree: the demo needs git on PATH")
+    plan = demo_plan(think, workspace)
     n_files = len(owned_files(plan))
     _intro(emit, think, len(plan.tasks), n_files)
     _ok, before = run_unittest(parallel_repo)
@@ -518,7 +528,9 @@ def run_demo(dest: Path | None, think: float = 1.0, out: Any = None) -> int:
     slow = _run_copy(sequential_repo, plan, 1, emit)
     emit("")
     _compare(emit, fast.summary, slow.summary)
-    if (parallel_repo / ".git").is_dir():
+    if workspace == "worktree":
+        emit(f"see the agents' commits, one per task: git -C {parallel_repo} log --stat")
+    elif (parallel_repo / ".git").is_dir():
         emit(f"see the agents' edits: git -C {parallel_repo} diff --stat")
     return 0 if fast.tests_ok and slow.tests_ok else 1
 

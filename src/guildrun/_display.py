@@ -19,7 +19,7 @@ from rich.text import Text
 
 from ._engine import Reporter
 from ._journal import Event
-from ._metrics import Summary
+from ._metrics import UNDONE_HINT, Summary
 from ._plan import CompiledPlan
 
 
@@ -94,6 +94,11 @@ def skip_reason(data: Mapping[str, Any]) -> str:
     return str(data.get("reason") or data.get("cause") or "a dependency did not finish")
 
 
+def _undone_text(d: Mapping[str, Any]) -> str:
+    running = ", ".join(map(str, d.get("running", []))) or "none"
+    return f"{', '.join(map(str, d.get('paths', [])))} (running then: {running})"
+
+
 def _describe(ev: Event) -> str | None:
     d = ev.data or {}
     if ev.kind == "task_started":
@@ -101,16 +106,22 @@ def _describe(ev: Event) -> str | None:
         return f"start   {ev.task} on {ev.instance}{stolen}"
     if ev.kind == "task_finished":
         if d.get("status") == "ok":
-            return f"done    {ev.task} ({d.get('duration', 0):.2f}s)"
+            extra = d.get("extra_files")
+            needed = f"; ran alone, needed {', '.join(map(str, extra))}" if extra else ""
+            return f"done    {ev.task} ({d.get('duration', 0):.2f}s{needed})"
         return f"FAILED  {ev.task}: {d.get('error')}"
     if ev.kind == "task_skipped":
         return f"skipped {ev.task}: {skip_reason(d)}"
     if ev.kind == "task_interrupted":
         return f"stopped {ev.task}: interrupted"
+    if ev.kind == "stray_changes_undone":
+        return f"UNDONE  {_undone_text(d)}"
     if ev.kind == "phase_started":
         return f"phase {d.get('phase')} begins"
     if ev.kind == "phase_ended":
         return f"phase {d.get('phase')} ends; results in {d.get('results')}"
+    if ev.kind in ("workspace", "gate"):
+        return str(d.get("note"))
     return None
 
 
@@ -179,6 +190,8 @@ class LiveReporter(Reporter):
                 spec = ev.instance.rpartition("#")[0]
                 if ev.instance in self.instances.get(spec, []):
                     self.instances[spec].remove(ev.instance)
+            elif k == "stray_changes_undone":
+                self._note("undone", "red", _undone_text(d))
             elif k == "phase_started":
                 self.phase = str(d.get("phase", ""))
             elif k == "guard_hold":
@@ -272,9 +285,24 @@ def print_summary(summary: Summary, console: Console) -> None:
         ("utilization", f"{summary.utilization:.0%}"),
         ("steals", summary.steals),
     ]
+    if summary.cost_usd or summary.tokens:
+        estimate = " (estimated from tokens)" if summary.cost_estimated else ""
+        rows.append(("spent", f"${summary.cost_usd:.4f}{estimate}, {summary.tokens} tokens"))
+    if summary.rate_limited:
+        rows.append(("rate limited", f"{summary.rate_limited} times (waited, not failed)"))
+    if summary.undone:
+        n = sum(len(u.paths) for u in summary.undone)
+        rows.append(("undone", f"{n} change{'s' if n != 1 else ''} (below)"))
     for k, v in rows:
         table.add_row(k, str(v))
     console.print(table)
+    if summary.status == "budget":
+        console.print(
+            f"[red]budget exhausted[/]: ${summary.cost_usd:.4f} of "
+            f"${summary.max_cost_usd or 0:.4f} spent; the rest waits: "
+            f"guildrun resume {summary.run_id} --max-cost-usd MORE",
+            highlight=False,
+        )
     for t in summary.tasks:
         if t.state == "failed":
             console.print(f"[red]failed[/] {t.id} ({t.specialist}): {t.cause}", highlight=False)
@@ -285,3 +313,28 @@ def print_summary(summary: Summary, console: Console) -> None:
     for t in summary.tasks:
         if t.state == "skipped":
             console.print(f"[yellow]skipped[/] {t.id}: {t.cause}", highlight=False)
+    print_extra_files(summary, console)
+    print_undone(summary, console)
+    for note in summary.workspace:
+        console.print(note, highlight=False, markup=False)
+
+
+def print_extra_files(summary: Summary, console: Console) -> None:
+    """Tasks that broke the ownership rules, ran again alone and kept more than their files."""
+    for t in summary.tasks:
+        if t.extra_files:
+            line = Text("ran alone ", style="yellow")
+            line.append(f"{t.id} needed files beyond its own: {', '.join(t.extra_files)}")
+            line.append(" (add them to its files: or writes: to run it in parallel)")
+            console.print(line, highlight=False)
+
+
+def print_undone(summary: Summary, console: Console) -> None:
+    """Every change guildrun put back, with the tasks that were running: never silent."""
+    if not summary.undone:
+        return
+    for u in summary.undone:
+        line = Text("undone ", style="red")
+        line.append(f"{', '.join(u.paths)} (running then: {', '.join(u.running) or 'none'})")
+        console.print(line, highlight=False)
+    console.print(Text(UNDONE_HINT, style="red"), highlight=False)

@@ -15,11 +15,12 @@ import contextlib
 import random
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from ._agents.base import RateLimited, Signal
 from ._clock import Clock, WallClock
 from ._executors.base import Ending, Executor, Job, Outcome
 from ._glob import Glob
@@ -51,8 +52,21 @@ from ._workspaces.base import Check, Workspace
 from ._workspaces.ownership import Ownership
 from ._workspaces.shared import SharedTree
 
+if TYPE_CHECKING:
+    from ._worktree import Bisection, Gate, GateResult
+
 PGID_FLUSH_S = 0.2
 JOURNAL_NAME = f"{STATE_DIR}/journal.db"
+DEFAULT_RATE_LIMIT_WAIT = 5.0  # seconds, when a provider says "later" without saying when
+
+
+@runtime_checkable
+class _GateRunner(Protocol):
+    """A workspace with an integrated tree to run gates on (worktree mode)."""
+
+    def run_gates(self, gates: Sequence[Gate], slots: int) -> list[GateResult]: ...
+
+    def bisect(self, gate: Gate, slots: int, failed: GateResult) -> Bisection: ...
 
 
 class Reporter:
@@ -144,6 +158,14 @@ def _task_rules(p: Prepared) -> dict[str, _Rules]:
     return out
 
 
+def _by_suspects(stray: Mapping[str, list[str]]) -> list[tuple[list[str], list[str]]]:
+    """Undone paths grouped by the tasks that may have changed them: one event each."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for path in sorted(stray):
+        groups.setdefault(tuple(stray[path]), []).append(path)
+    return [(paths, list(who)) for who, paths in groups.items()]
+
+
 Message = tuple[str, str, int, Outcome | None]  # ("end" | "wake", task, attempt, outcome)
 
 
@@ -186,7 +208,12 @@ class Engine:
         self.ownership = Ownership(
             self.plan, {t: r.writes for t, r in self.rules.items()}, s.ignore, own_files
         )
+        if workspace is None and s.workspace == "worktree":
+            workspace = _worktree_workspace(self)
         self.workspace = workspace or SharedTree(prepared.root, self.ownership, check=s.ownership)
+        self.conflicts: dict[str, int] = {}  # task -> its attempts whose patch did not merge
+        self._gates_run: set[str] = set()
+        self._gate_failed = False  # a gate still fails with every culprit taken out
         self.extra_files: dict[str, list[str]] = {}
         self.timings = _Timings()
         self.scheduler: Scheduler  # made when the run starts
@@ -196,6 +223,19 @@ class Engine:
         self._stop = asyncio.Event()
         self._halt = False
         self._held: str | None = None  # why the resource guard holds back new starts
+        # Agents: sessions to continue, rate limits per provider, spend against the budget.
+        self._providers = {
+            name: spec.agent.provider_key
+            for name, spec in self.plan.specialists.items()
+            if spec.agent is not None
+        }
+        self._instance_session: dict[str, str] = {}  # instance -> its last session
+        self._task_session: dict[str, tuple[str, str]] = {}  # task -> (instance, session)
+        self._held_until: dict[str, float] = {}  # provider -> end of its rate-limit wait
+        self.rate_limited = 0
+        self.spent_usd = 0.0
+        self.spent_tokens = 0
+        self._budget_stop = False
         # Secrets never stored or shown: logs and outcomes (executor), records (journal).
         self.redactor = run_redactor(
             (sp.env for sp in self.plan.specialists.values()), s.secret_env
@@ -212,7 +252,9 @@ class Engine:
     async def execute(self) -> Summary:
         self.jobs.log_dir.mkdir(parents=True, exist_ok=True)
         self.jobs.result_dir.mkdir(parents=True, exist_ok=True)
-        self.executor.start(self.clock, self._spawned)
+        self.executor.start(self.clock, self._spawned, self._heard)
+        if self.resume is not None:
+            self.spent_usd, self.spent_tokens, _ = self.journal.spend(self.run_id)
         try:
             return await self._execute()
         except Exception as exc:
@@ -228,18 +270,15 @@ class Engine:
             self.executor.close()
 
     async def _execute(self) -> Summary:
-        opening = self._open_run()
         with self.timings("ownership"):
-            notes = self.workspace.open()
+            notes = self.workspace.open()  # first: a refusal (a dirty tree) leaves no run
+        opening = self._open_run()
         if notes:
+            kind = EventKind(self.workspace.notes_kind)
+            key = "error" if kind is EventKind.WATCHER_UNAVAILABLE else "note"
             with self.journal.transaction() as noted:
                 for note in notes:
-                    self.journal.event(
-                        self.run_id,
-                        Event(
-                            EventKind.WATCHER_UNAVAILABLE, self.clock.now(), data={"error": note}
-                        ),
-                    )
+                    self.journal.event(self.run_id, Event(kind, self.clock.now(), data={key: note}))
             opening += noted
         # Made only now, so that its first decisions are stamped inside the run.
         self.scheduler = Scheduler(
@@ -263,15 +302,27 @@ class Engine:
                     self.run_id,
                     Event(EventKind.GUARD_HOLD, self.clock.now(), data={"reason": self._held}),
                 )
-            jobs = self._apply(self.scheduler.dispatch(limit=1 if self._held else None))
+            if self._over_budget():
+                self._stop_for_budget()
+                jobs = []
+            else:
+                jobs = self._apply(self.scheduler.dispatch(limit=1 if self._held else None))
         self.reporter.run_started(self.run_id, self.plan, self.p.limits)
         self.reporter.events(opening + committed)
         self._launch(jobs)
         status = await self._loop()
         if status == "done" and any(s.value in ("failed", "skipped") for s in self.scheduler.state):
             status = "failed"
+        if status == "done" and self._gate_failed:
+            status = "failed"
+        with self.timings("workspace"):
+            notes = self.workspace.finish(status)
         end = self.clock.now()
         with self.journal.transaction() as committed:
+            for note in notes:
+                self.journal.event(
+                    self.run_id, Event(EventKind.WORKSPACE, end, data={"note": note})
+                )
             self.journal.write_timings(self.run_id, self.timings.export())
             self.journal.event(
                 self.run_id, Event(EventKind.RUN_ENDED, end, data={"status": status})
@@ -319,6 +370,9 @@ class Engine:
             sampler = asyncio.ensure_future(self._sample_loop())
         try:
             while not self.scheduler.finished:
+                if self._budget_stop and not self._running:
+                    status = "budget"  # resumable: `guildrun resume --max-cost-usd MORE`
+                    break
                 get = asyncio.ensure_future(self._inbox.get())
                 await asyncio.wait({get, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
                 if not get.done():
@@ -351,17 +405,21 @@ class Engine:
         check = Check()
         if ended:
             with self.timings("ownership"):
-                check = self.workspace.check([tid for tid, _, _ in ended], set(self._running))
+                check = self.workspace.check(
+                    [tid for tid, _, _ in ended],
+                    set(self._running),
+                    {tid for tid, _, o in ended if o.status is Ending.DONE},
+                )
                 self._journal_guard(check, [tid for tid, _, _ in ended])
         with self.timings("journal"), self.journal.transaction() as committed:
             self._write_pgids()
-            if check.stray:
+            for paths, suspects in _by_suspects(check.stray):
                 self.journal.event(
                     self.run_id,
                     Event(
                         EventKind.STRAY_CHANGES_UNDONE,
                         self.clock.now(),
-                        data={"paths": check.stray, "running": check.suspects},
+                        data={"paths": paths, "running": suspects},
                     ),
                 )
             decisions: list[Decision] = []
@@ -369,14 +427,22 @@ class Engine:
                 if tid in check.unsafe and outcome.ok:  # a FIFO, a device, a link out
                     outcome.status, outcome.error = Ending.FAILED, check.unsafe[tid]
                 decisions += self._conclude(
-                    tid, attempt, outcome, check.violations.get(tid), check.touched.get(tid, [])
+                    tid,
+                    attempt,
+                    outcome,
+                    check.violations.get(tid),
+                    check.touched.get(tid, []),
+                    check.conflicts.get(tid),
                 )
+            decisions += self._gates(decisions)
+            if not self._budget_stop and self._over_budget():
+                self._stop_for_budget()
             with self.timings("dispatch"):
                 for tid in woken:
                     if tid and not self._halt:
                         decisions += self.scheduler.wake(tid)
                 # The guard holds the run to one task at a time: it never stalls it.
-                if not self._halt:
+                if not self._halt and not self._budget_stop:
                     decisions += self.scheduler.dispatch(limit=1 if self._held else None)
             jobs = self._apply(decisions)
         self.reporter.events(committed)
@@ -392,8 +458,7 @@ class Engine:
         if len(ended) == 1 and not self._running:
             check.violations.setdefault(ended[0], []).append(what)
         else:
-            check.stray.append(what)
-            check.suspects = sorted({*check.suspects, *ended, *self._running})
+            check.stray[what] = sorted({*ended, *self._running})
 
     def stop(self) -> None:
         self._stop.set()
@@ -462,6 +527,7 @@ class Engine:
         o: Outcome,
         violation: list[str] | None,
         touched: list[str],
+        conflict: str | None = None,
     ) -> list[Decision]:
         """Journal one ended attempt, ask the policy what it means, and carry that out."""
         rid = self.run_id
@@ -471,6 +537,8 @@ class Engine:
         if violation:
             shown = ", ".join(violation[:10]) + (" ..." if len(violation) > 10 else "")
             o.status, o.error = Ending.VIOLATION, f"ownership violation: wrote {shown}"
+        elif conflict and o.status is Ending.DONE:
+            o.status, o.error = Ending.CONFLICT, conflict
         self.journal.attempt_ended(
             rid,
             tid,
@@ -481,6 +549,8 @@ class Engine:
             exit_code=o.exit_code,
             error=o.error,
         )
+        if o.cost_usd is not None or o.tokens is not None or o.session_id is not None:
+            self._spent(tid, attempt, o)
         if self.monitor is not None and tid in self.monitor.usage:
             use = self.monitor.usage.pop(tid)
             self.journal.attempt_usage(rid, tid, attempt, use.cpu_s, use.peak_rss)
@@ -502,10 +572,15 @@ class Engine:
             widened,
             spec.scope,
             self.free_attempts.get(tid, 0),
+            self.conflicts.get(tid, 0),
         )
         verdict = decide(self.policy, facts, self.rng)
+        if o.status is Ending.CONFLICT:
+            self.conflicts[tid] = self.conflicts.get(tid, 0) + 1
         if isinstance(verdict, Accept):
             self.results[tid] = o.result or ""
+            if spec.specialist in self._providers:
+                self._recover_limit(spec.specialist)
             owned = list(spec.files)
             if widened:
                 extra = sorted(
@@ -536,6 +611,8 @@ class Engine:
                 self.free_attempts[tid] = self.free_attempts.get(tid, 0) + 1
                 data["counted"] = False
             data["retry_in"] = round(verdict.delay, 3)
+            if verdict.throttle is not None:
+                self._throttle(spec.specialist, verdict.throttle, tid)
             self.journal.task_ended(rid, tid, "retrying", o.ended, cause=o.error)
             self.journal.event(rid, Event(EventKind.TASK_RETRY, o.ended, task=tid, data=data))
             asyncio.get_running_loop().call_later(verdict.delay, self._wake, tid)
@@ -553,6 +630,73 @@ class Engine:
             )
         return decisions
 
+    # ------------------------------------------------------------ quality gates
+
+    def _gates(self, decisions: list[Decision]) -> list[Decision]:
+        """Run the gates due now (their phase ended, or every task of their scope did) on
+        the integrated tree; a failing gate is bisected, and each patch that broke it is
+        taken out and its task failed. The run goes on. Synchronous, like the rest of the
+        step: nothing may integrate while the branch is being bisected."""
+        gates = self.p.source.gates
+        if not gates or not isinstance(self.workspace, _GateRunner):
+            return []
+        ended = {d.phase for d in decisions if isinstance(d, PhaseEnded)}
+        due = [
+            g
+            for g in gates
+            if g.name not in self._gates_run
+            and (g.after in ended or self._scope_over(g.after.removeprefix("scope:"), g.after))
+        ]
+        if not due:
+            return []
+        from ._worktree import Gate
+
+        specs = [Gate(g.name, g.argv(), g.after, g.timeout) for g in due]
+        slots = max(1, min(4, self.settings.total_parallel - len(self._running)))
+        rid, out = self.run_id, []
+        with self.timings("gates"):
+            results = self.workspace.run_gates(specs, slots)
+        for spec, result in zip(specs, results, strict=True):
+            self._gates_run.add(spec.name)
+            note = f"gate {spec.name} ({spec.after}) passed on {result.commit[:12]}"
+            if not result.ok:
+                with self.timings("gates"):
+                    found = self.workspace.bisect(spec, slots, result)
+                for c in found.culprits:
+                    out += self._revoke(c.task, f"broke gate {spec.name}: {_tail(c.output)}")
+                for lo in found.left_out:
+                    out += self._revoke(
+                        lo.task,
+                        f"left out after gate {spec.name}: its patch needs a culprit's "
+                        f"(kept in {lo.patch_file})",
+                    )
+                blamed = ", ".join(c.task for c in found.culprits) or "no patch"
+                after = "passes now" if found.ok else "still fails"
+                note = (
+                    f"gate {spec.name} ({spec.after}) failed; bisected in {found.probes} probes "
+                    f"to {blamed}; taken out, it {after}"
+                )
+                self._gate_failed = self._gate_failed or not found.ok
+            self.journal.event(rid, Event(EventKind.GATE, self.clock.now(), data={"note": note}))
+        return out
+
+    def _scope_over(self, scope: str, after: str) -> bool:
+        if not after.startswith("scope:"):
+            return False
+        states = [self.scheduler.state[t.index] for t in self.plan.tasks if t.scope == scope]
+        return bool(states) and all(st.terminal for st in states)
+
+    def _revoke(self, tid: str, cause: str) -> list[Decision]:
+        """A done task whose patch a gate took out: failed, its dependents skipped."""
+        if self.scheduler.state[self.plan.by_id[tid].index].value != "done":
+            return []
+        now = self.clock.now()
+        self.results.pop(tid, None)
+        self.journal.task_ended(self.run_id, tid, "failed", now, cause=cause)
+        data = {"status": "failed", "error": cause}
+        self.journal.event(self.run_id, Event(EventKind.TASK_FINISHED, now, task=tid, data=data))
+        return self.scheduler.revoke(tid)
+
     def _wake(self, tid: str) -> None:
         self._inbox.put_nowait(("wake", tid, 0, None))
 
@@ -567,7 +711,11 @@ class Engine:
                 attempt = self.attempt_no.get(d.task, 0) + 1
                 self.attempt_no[d.task] = attempt
                 job = self.jobs.make(
-                    d.task, d.instance, attempt, self.workspace.workdir(d.instance)
+                    d.task,
+                    d.instance,
+                    attempt,
+                    self.workspace.workdir(d.instance),
+                    self._session_for(d.task, d.instance),
                 )
                 jobs.append(job)
                 self.journal.task_started(
@@ -581,7 +729,9 @@ class Engine:
                     str(job.stderr_path),
                 )
                 with self.timings("snapshot"):
-                    manifest = self.workspace.before(d.task, self.plan.by_id[d.task].files)
+                    manifest = self.workspace.before(
+                        d.task, self.plan.by_id[d.task].files, d.instance
+                    )
                 if manifest is not None:
                     self.journal.snapshot_before(rid, d.task, attempt, manifest)
                 data: dict[str, Any] = {"attempt": attempt}
@@ -639,6 +789,123 @@ class Engine:
             now = self.clock.now()
             outcome = Outcome(Ending.ERROR, now, now, error=f"{type(exc).__name__}: {exc}")
         self._inbox.put_nowait(("end", ctx.task_id, ctx.attempt, outcome))
+
+    # ------------------------------------------------------------ agents
+
+    def _session_for(self, task: str, instance: str) -> str | None:
+        """The agent session a task continues: its own after a rate limit (partial work is
+        kept), else with `keep_context` its instance's previous one. Sessions live in an
+        instance's private state, so only on that instance."""
+        spec = self.plan.specialists[self.plan.by_id[task].specialist]
+        if spec.agent is None:
+            return None
+        own = self._task_session.get(task)
+        if own is not None and own[0] == instance:
+            return own[1]
+        return self._instance_session.get(instance) if spec.keep_context else None
+
+    def _spent(self, tid: str, attempt: int, o: Outcome) -> None:
+        self.journal.attempt_spend(
+            self.run_id,
+            tid,
+            attempt,
+            cost_usd=o.cost_usd,
+            tokens=o.tokens,
+            estimated=o.cost_estimated,
+            session_id=o.session_id,
+        )
+        self.spent_usd += o.cost_usd or 0.0
+        self.spent_tokens += o.tokens or 0
+        if o.session_id is not None:
+            instance = self.scheduler.instance_of.get(self.plan.by_id[tid].index)
+            if instance is not None:
+                self._instance_session[instance] = o.session_id
+                self._task_session[tid] = (instance, o.session_id)
+
+    def _heard(self, task: str, sig: Signal) -> None:
+        """An agent reported something while it runs: a rate limit throttles its provider
+        now, not when the agent gives up."""
+        if isinstance(sig, RateLimited):
+            with self.journal.transaction() as committed:
+                self._throttle(self.plan.by_id[task].specialist, sig.retry_after_s, task)
+            self.reporter.events(committed)
+
+    def _throttle(self, specialist: str, delay: float | None, task: str) -> None:
+        """A rate limit belongs to the provider's account: none of its agents start until
+        the delay (with jitter) has passed, and its concurrency halves (AIMD; it climbs
+        back by one with each success)."""
+        provider = self._providers.get(specialist)
+        if provider is None:
+            return
+        self.rate_limited += 1
+        wait = (delay if delay is not None else DEFAULT_RATE_LIMIT_WAIT) * (
+            1 + self.rng.uniform(0, 0.25)
+        )
+        now = self.clock.now()
+        until = now + wait
+        fresh = self._held_until.get(provider, 0.0) <= now  # not already waiting
+        names = [s for s, p in self._providers.items() if p == provider]
+        limits: dict[str, int] = {}
+        for name in names:
+            limiter = self.scheduler.limiters[name]
+            if fresh:
+                self.scheduler.set_limit(name, limiter.total_tokens // 2)
+            self.scheduler.hold(name, True)
+            limits[name] = limiter.total_tokens
+        if until > self._held_until.get(provider, 0.0):
+            self._held_until[provider] = until
+            asyncio.get_running_loop().call_later(wait, self._release, provider, until)
+        self.journal.event(
+            self.run_id,
+            Event(
+                EventKind.RATE_LIMITED,
+                now,
+                task=task,
+                data={"provider": provider, "wait": round(wait, 3), "limits": limits},
+            ),
+        )
+
+    def _release(self, provider: str, until: float) -> None:
+        if self._held_until.get(provider) != until:
+            return  # a later rate limit extended the wait
+        for name, p in self._providers.items():
+            if p == provider:
+                self.scheduler.hold(name, False)
+        with self.journal.transaction() as committed:
+            self.journal.event(
+                self.run_id,
+                Event(EventKind.THROTTLE_RELEASED, self.clock.now(), data={"provider": provider}),
+            )
+        self.reporter.events(committed)
+        self._inbox.put_nowait(("wake", "", 0, None))
+
+    def _recover_limit(self, specialist: str) -> None:
+        limiter = self.scheduler.limiters[specialist]
+        if limiter.total_tokens < self.scheduler.limits[specialist]:
+            self.scheduler.set_limit(specialist, limiter.total_tokens + 1)
+
+    def _over_budget(self) -> bool:
+        s = self.settings
+        return (s.max_cost_usd is not None and self.spent_usd >= s.max_cost_usd) or (
+            s.max_tokens is not None and self.spent_tokens >= s.max_tokens
+        )
+
+    def _stop_for_budget(self) -> None:
+        """No new task starts; running ones finish; the run stays resumable."""
+        self._budget_stop = True
+        self.journal.event(
+            self.run_id,
+            Event(
+                EventKind.BUDGET_EXHAUSTED,
+                self.clock.now(),
+                data={
+                    "spent_usd": round(self.spent_usd, 6),
+                    "max_cost_usd": self.settings.max_cost_usd,
+                    "tokens": self.spent_tokens,
+                    "max_tokens": self.settings.max_tokens,
+                },
+            ),
+        )
 
     # ------------------------------------------------------------ process groups
 
@@ -771,6 +1038,30 @@ def run(plan: Plan | str | Path, **kwargs: Any) -> Summary:
     return asyncio.run(run_async(plan, **kwargs))
 
 
+def _tail(output: str, lines: int = 20) -> str:
+    return "\n".join(output.rstrip().splitlines()[-lines:])
+
+
+def _worktree_workspace(engine: Engine) -> Workspace:
+    """Worktree mode (settings.workspace): on resume, the done tasks missing from the
+    integration branch are integrated again before anything starts."""
+    from ._workspaces.worktree import WorktreeWorkspace
+
+    done = None
+    if engine.resume is not None:
+        done = [t.id for t in engine.plan.tasks if t.id in engine.resume.done]
+    s = engine.settings
+    return WorktreeWorkspace(
+        engine.p.root,
+        engine.run_id,
+        engine.ownership,
+        allow_dirty=s.allow_dirty,
+        apply=s.apply,
+        done=done,
+        check=s.ownership,
+    )
+
+
 def local_executor(prepared: Prepared, monitor: Monitor | None = None) -> Executor:
     """The default executor, with the plan's Python specialists loaded once."""
     from ._executors.local import LocalExecutor
@@ -778,6 +1069,6 @@ def local_executor(prepared: Prepared, monitor: Monitor | None = None) -> Execut
     callables = {
         name: spec.func or specialist_function(spec, prepared.plan.source)
         for name, spec in prepared.plan.specialists.items()
-        if spec.argv is None and spec.shell_script is None
+        if spec.argv is None and spec.shell_script is None and spec.agent is None
     }
     return LocalExecutor(callables, monitor=monitor)

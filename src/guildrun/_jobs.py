@@ -43,7 +43,14 @@ class Jobs:
     def instance(self, name: str, specialist: str) -> InstanceSpec:
         return InstanceSpec(name, specialist, dict(self.plan.specialists[specialist].env))
 
-    def make(self, task: str, instance: str, attempt: int, workdir: Path) -> Job:
+    def make(
+        self,
+        task: str,
+        instance: str,
+        attempt: int,
+        workdir: Path,
+        resume_session: str | None = None,
+    ) -> Job:
         spec = self.plan.by_id[task]
         name = safe_name(spec.id)
         stem = f"{name}.{attempt}" if attempt > 1 else name
@@ -58,7 +65,8 @@ class Jobs:
             "scope": spec.scope or "",
             "phase": spec.phase,
         }
-        lookup = tpl.simple_lookup({**values, "files": " ".join(spec.files)}, self._ref)
+        listed = {"files": " ".join(spec.files), "reads": " ".join(spec.reads)}
+        lookup = tpl.simple_lookup({**values, **listed}, self._ref)
         prompt = tpl.render(spec.prompt, lookup)
         ctx = TaskContext(
             run_id=self.run_id,
@@ -74,11 +82,12 @@ class Jobs:
             workdir=workdir,
             result_path=self.result_dir / f"{stem}.result",
             log_path=stdout_path,
+            reads=spec.reads,
         )
         argv: tuple[str, ...] | None = None
         if specialist.argv is not None:
             full = tpl.simple_lookup({**values, "prompt": prompt}, self._ref)
-            argv = tuple(tpl.render_argv(specialist.argv, full, spec.files))
+            argv = tuple(tpl.render_argv(specialist.argv, full, spec.files, spec.reads))
         elif specialist.shell_script is not None:
             argv = ("/bin/sh", "-c", specialist.shell_script, "guildrun", *spec.files)
         return Job(
@@ -88,7 +97,9 @@ class Jobs:
             stdout_path=stdout_path,
             stderr_path=self.log_dir / f"{stem}.err",
             argv=argv,
-            env=ctx.env() if argv is not None else {},
+            env=ctx.env() if argv is not None or specialist.agent is not None else {},
+            agent=specialist.agent,
+            resume_session=resume_session if specialist.agent is not None else None,
         )
 
     def _ref(self, ph: tpl.Placeholder) -> str:

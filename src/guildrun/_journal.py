@@ -30,9 +30,16 @@ from ._monitor import Sample
 from ._secrets import NONE as NO_SECRETS
 from ._secrets import Redactor
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Columns added after a table first shipped: older journals get them on open.
-_ADDED_COLUMNS = (("attempts", "cpu_s", "REAL"), ("attempts", "peak_rss", "INTEGER"))
+_ADDED_COLUMNS = (
+    ("attempts", "cpu_s", "REAL"),
+    ("attempts", "peak_rss", "INTEGER"),
+    ("attempts", "cost_usd", "REAL"),  # what an agent reported (or was estimated) to spend
+    ("attempts", "tokens", "INTEGER"),
+    ("attempts", "cost_estimated", "INTEGER"),
+    ("attempts", "session_id", "TEXT"),
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -161,6 +168,11 @@ class EventKind(StrEnum):
     GUARD_RELEASE = "guard_release"
     WATCHER_UNAVAILABLE = "watcher_unavailable"
     STRAY_CHANGES_UNDONE = "stray_changes_undone"
+    RATE_LIMITED = "rate_limited"
+    THROTTLE_RELEASED = "throttle_released"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    WORKSPACE = "workspace"  # worktree mode: the base, the result, how to apply it
+    GATE = "gate"  # a quality gate ran on the integrated tree
 
 
 @dataclass(frozen=True)
@@ -385,6 +397,41 @@ class Journal:
             (status, started, ended, exit_code, self.redactor.maybe(error), run_id, task, attempt),
         )
 
+    def attempt_spend(
+        self,
+        run_id: str,
+        task: str,
+        attempt: int,
+        *,
+        cost_usd: float | None,
+        tokens: int | None,
+        estimated: bool,
+        session_id: str | None,
+    ) -> None:
+        self._write(
+            "UPDATE attempts SET cost_usd=?, tokens=?, cost_estimated=?, session_id=?"
+            " WHERE run_id=? AND task_id=? AND attempt=?",
+            (cost_usd, tokens, int(estimated), session_id, run_id, task, attempt),
+        )
+
+    def spend(self, run_id: str) -> tuple[float, int, bool]:
+        """USD and tokens the run's attempts spent so far, and whether any USD is estimated."""
+        try:
+            row = self.db.execute(
+                "SELECT COALESCE(SUM(cost_usd), 0), COALESCE(SUM(tokens), 0),"
+                " COALESCE(MAX(cost_estimated), 0) FROM attempts WHERE run_id=?",
+                (run_id,),
+            ).fetchone()
+        except sqlite3.OperationalError:  # a journal older than agent spend, read only
+            return 0.0, 0, False
+        return float(row[0]), int(row[1]), bool(row[2])
+
+    def count_events(self, run_id: str, kind: str) -> int:
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM events WHERE run_id=? AND kind=?", (run_id, kind)
+        ).fetchone()
+        return int(row[0])
+
     def task_ended(
         self,
         run_id: str,
@@ -576,6 +623,27 @@ class Journal:
 
     def events(self, run_id: str) -> list[sqlite3.Row]:
         return list(self.db.execute("SELECT * FROM events WHERE run_id=? ORDER BY seq", (run_id,)))
+
+    def events_of(self, run_id: str, *kinds: EventKind) -> list[Event]:
+        """The run's events of these kinds, in order, as `Event`s (data decoded)."""
+        marks = ",".join("?" * len(kinds))
+        rows = self.db.execute(
+            f"SELECT time, kind, task, instance, data FROM events"  # noqa: S608 - only marks
+            f" WHERE run_id=? AND kind IN ({marks}) ORDER BY seq",
+            (run_id, *kinds),
+        )
+        return [
+            Event(r["kind"], r["time"], r["task"], r["instance"], json.loads(r["data"] or "{}"))
+            for r in rows
+        ]
+
+    def snapshots(self, run_id: str) -> list[sqlite3.Row]:
+        """Every snapshot row of a run, for rollback's view of who changed what."""
+        return list(
+            self.db.execute(
+                "SELECT * FROM snapshots WHERE run_id=? ORDER BY task_id, attempt, path", (run_id,)
+            )
+        )
 
 
 def durations_by_work(path: Path) -> list[tuple[str, list[str], float]]:

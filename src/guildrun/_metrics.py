@@ -12,13 +12,14 @@ Definitions (docs/metrics.md has the long form):
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ._journal import Journal
+from ._journal import EventKind, Journal
 from ._logtail import log_excerpt
 from ._speedup import measured_baseline
 from ._wall import Span, active_seconds, active_spans, clip, segment_end
@@ -37,6 +38,24 @@ class TaskLine:
     cause: str | None
     log: str | None = None
     tail: list[str] = field(default_factory=list)
+    extra_files: list[str] = field(default_factory=list)  # needed beyond its own, run alone
+
+
+@dataclass
+class Undone:
+    """Changes undone because no task may make them, and the tasks that were running."""
+
+    paths: list[str]
+    running: list[str]
+
+
+# What a person can do about an undone change; said wherever undone changes are listed.
+UNDONE_HINT = (
+    "some changes were undone: no task that was running may write them. To allow such a "
+    "write, add the file to the task's files:, or a glob for it to writes:, or set "
+    "on_violation: sequential (the task runs again alone and keeps what it needed), "
+    "or run in worktree mode."
+)
 
 
 @dataclass
@@ -73,10 +92,18 @@ class Summary:
     speedup: float | None = None  # against a measured run, see speedup_vs; else unknown
     speedup_vs: str | None = None  # "measured sequential", "measured one instance per ..."
     baseline_run: str | None = None  # the run the speedup was measured against
+    cost_usd: float = 0.0  # what the agents reported spending (or estimated from tokens)
+    cost_estimated: bool = False
+    tokens: int = 0
+    rate_limited: int = 0  # how many times a provider's rate limit was met
+    max_cost_usd: float | None = None  # the run's budget, if any
+    undone: list[Undone] = field(default_factory=list)  # stray changes put back
+    workspace: list[str] = field(default_factory=list)  # worktree mode: base, result, apply
 
     @property
     def ok(self) -> bool:
-        return self.failed == 0 and self.skipped == 0 and self.pending == 0
+        clean = self.failed == 0 and self.skipped == 0 and self.pending == 0
+        return clean and not self.undone
 
     @property
     def exit_code(self) -> int:
@@ -100,13 +127,23 @@ class Summary:
             "baseline_run": self.baseline_run,
             "utilization": round(self.utilization, 4),
             "steals": self.steals,
+            "cost_usd": round(self.cost_usd, 6),
+            "cost_estimated": self.cost_estimated,
+            "tokens": self.tokens,
+            "rate_limited": self.rate_limited,
             "failures": [
                 {"task": t.id, "cause": t.cause, "log": t.log, "tail": t.tail}
                 for t in self.tasks
                 if t.state == "failed"
             ],
             "skips": [{"task": t.id, "cause": t.cause} for t in self.tasks if t.state == "skipped"],
+            "undone": [asdict(u) for u in self.undone],
+            "extra_files": {t.id: t.extra_files for t in self.tasks if t.extra_files},
         }
+        if self.undone:
+            out["undone_hint"] = UNDONE_HINT
+        if self.workspace:
+            out["workspace"] = list(self.workspace)
         if details:
             out["tasks"] = [asdict(t) for t in self.tasks]
             out["instances"] = [
@@ -173,7 +210,20 @@ def summarize(journal: Journal, run_id: str) -> Summary:
             line.log, line.tail = log, tail
         lines.append(line)
     pending = sum(n for s, n in states.items() if s not in ("done", "failed", "skipped"))
+    undone: list[Undone] = []
+    by_id = {line.id: line for line in lines}
+    for ev in journal.events_of(run_id, EventKind.STRAY_CHANGES_UNDONE, EventKind.TASK_FINISHED):
+        d = ev.data or {}
+        if ev.kind is EventKind.STRAY_CHANGES_UNDONE:
+            undone.append(Undone(list(d.get("paths", [])), list(d.get("running", []))))
+        elif ev.task in by_id and d.get("extra_files"):
+            by_id[ev.task].extra_files = list(d["extra_files"])
     baseline = measured_baseline(journal, run)
+    usd, tokens, estimated = journal.spend(run_id)
+    try:
+        budget = json.loads(run["settings_json"]).get("max_cost_usd")
+    except (ValueError, AttributeError):
+        budget = None
     return Summary(
         run_id=run_id,
         status=run["status"],
@@ -192,7 +242,28 @@ def summarize(journal: Journal, run_id: str) -> Summary:
         speedup=baseline.wall_s / wall if baseline is not None and wall > 0 else None,
         speedup_vs=baseline.kind if baseline is not None else None,
         baseline_run=baseline.run_id if baseline is not None else None,
+        cost_usd=usd,
+        cost_estimated=estimated,
+        tokens=tokens,
+        rate_limited=journal.count_events(run_id, "rate_limited"),
+        max_cost_usd=budget,
+        undone=undone,
+        workspace=workspace_notes(journal, run_id),
     )
+
+
+def workspace_notes(journal: Journal, run_id: str) -> list[str]:
+    """What worktree mode said about the run (its base, gates, result, how to apply),
+    since it last started or resumed (hand merges in between are kept)."""
+    out: list[str] = []
+    for e in journal.events(run_id):
+        if e["kind"] == "run_resumed":
+            out = [n for n in out if "merged by hand" in n]
+        elif e["kind"] in ("workspace", "gate") and e["data"]:
+            note = json.loads(e["data"]).get("note")
+            if note:
+                out.append(str(note))
+    return out
 
 
 def instance_key(name: str) -> tuple[str, int, str]:

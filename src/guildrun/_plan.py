@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from pydantic.json_schema import SkipJsonSchema
 
 from . import _templates as tpl
+from ._agents.base import AgentSpec
 from ._errors import PlanError
 from ._glob import Glob
 from ._limits import MAX_ARG_STRLEN, MAX_NAME, arg_max, env_problem, too_long, total_cost
@@ -59,8 +60,9 @@ class Specialist(BaseModel):
         default=None,
         description=(
             "Command for one task: a list of arguments (or one string split like a shell "
-            "would, but never run by one). Placeholders: {task_id} {prompt} {files} {instance} "
-            "{attempt} {workdir} {specialist} {scope} {phase} {result:ID} {results:PHASE}."
+            "would, but never run by one). Placeholders: {task_id} {prompt} {files} {reads} "
+            "{instance} {attempt} {workdir} {specialist} {scope} {phase} {result:ID} "
+            "{results:PHASE}."
         ),
     )
     python: str | None = Field(
@@ -88,6 +90,10 @@ class Specialist(BaseModel):
     writes: list[str] = Field(
         default_factory=list, description="Globs its tasks may also write (an index, a lock file)."
     )
+    reads: list[str] = Field(
+        default_factory=list,
+        description="Paths or globs each of its tasks reads but may not change ({reads}).",
+    )
     on_violation: Literal["fail", "sequential"] | None = Field(
         default=None, description="Overrides settings.on_violation."
     )
@@ -97,6 +103,33 @@ class Specialist(BaseModel):
     can_help: list[str] = Field(
         default_factory=list,
         description="Specialists whose overflow work an idle instance of this one may take.",
+    )
+    agent: Literal["claude", "codex", "gemini", "aider"] | None = Field(
+        default=None,
+        description=(
+            "A coding agent CLI run non-interactively for each task, its own verdict, cost "
+            "and rate limits read as it runs (instead of 'run' or 'python')."
+        ),
+    )
+    program: str | None = Field(
+        default=None, description="The agent's executable (default: on PATH)."
+    )
+    model: str | None = Field(default=None, description="The agent's model.")
+    system_prompt: str | None = Field(default=None, description="Appended to the agent's own.")
+    tools: list[str] = Field(default_factory=list, description="Tools the agent may use.")
+    permission_mode: str | None = Field(
+        default=None, description="The agent's permission mode (claude default: acceptEdits)."
+    )
+    max_turns: int | None = Field(default=None, ge=1, description="Most agent turns a task.")
+    flags: list[str] = Field(default_factory=list, description="Extra arguments for the agent.")
+    provider: str | None = Field(
+        default=None, description="Whose rate limits it shares (default: the agent kind)."
+    )
+    keep_context: bool = Field(
+        default=False, description="An instance continues its previous session for its next task."
+    )
+    max_cost_usd: float | None = Field(
+        default=None, gt=0, description="Most USD one task may spend (passed to the agent)."
     )
     func: SkipJsonSchema[Callable[..., Any] | None] = Field(default=None, exclude=True)
 
@@ -141,13 +174,20 @@ class Task(BaseModel):
     on_violation: Literal["fail", "sequential"] | None = Field(
         default=None, description="Overrides the specialist's."
     )
+    reads: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Paths or globs it reads but may not change: {reads} and $GUILDRUN_READS. They "
+            "never make tasks wait for each other (use depends_on) and never block rollback."
+        ),
+    )
 
     @field_validator("id", "specialist", "scope", mode="before")
     @classmethod
     def _ids(cls, value: Any) -> Any:
         return _as_str(value)
 
-    @field_validator("depends_on", "locks", "files", mode="before")
+    @field_validator("depends_on", "locks", "files", "reads", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         if isinstance(value, str | int):
@@ -155,6 +195,38 @@ class Task(BaseModel):
         if isinstance(value, list):
             return [_as_str(v) for v in value]
         return value
+
+
+class GateSpec(BaseModel):
+    """A quality gate: a command run on the integrated tree (worktree mode) at the end of
+    a phase or a scope; a failure is bisected to the patch that broke it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=MAX_NAME, description="Unique name of the gate.")
+    run: list[str] | str = Field(
+        description="Command: a list of arguments (or one string split like a shell would, "
+        "but never run by one); no placeholders. It runs in a checkout of the integrated tree."
+    )
+    after: str = Field(
+        description="When it runs: at the end of a phase (its name) or of a scope (scope:NAME)."
+    )
+    timeout: float = Field(default=600.0, gt=0, description="Seconds before it is stopped.")
+
+    @field_validator("after")
+    @classmethod
+    def _after(cls, value: str) -> str:
+        if value not in PHASES and not (value.startswith("scope:") and len(value) > 6):
+            raise ValueError(f"expected one of {', '.join(PHASES)}, or scope:NAME")
+        return value
+
+    def argv(self) -> tuple[str, ...]:
+        import shlex
+
+        out = tuple(shlex.split(self.run) if isinstance(self.run, str) else self.run)
+        if not out:
+            raise ValueError("empty command")
+        return out
 
 
 class Plan(BaseModel):
@@ -165,6 +237,10 @@ class Plan(BaseModel):
     settings: Settings = Field(default_factory=Settings)
     specialists: dict[str, Specialist] = Field(description="Agent types by name.")
     tasks: list[Task] = Field(description="The work, in plan order.")
+    gates: list[GateSpec] = Field(
+        default_factory=list,
+        description="Quality gates on the integrated tree (workspace: worktree).",
+    )
     source: SkipJsonSchema[str | None] = Field(default=None, exclude=True)
     # Maps field paths to lines for errors found after parsing (those that need the root).
     _locator: Any = PrivateAttr(default=None)
@@ -379,10 +455,12 @@ def _schema_errors(
     schema errors can be set aside (a wrong field of a task is dropped, the rest checked)."""
     found: list[tuple[FieldPath, str]] = []
     seen: set[FieldPath] = set()
+    unions: set[FieldPath] = set()  # union fields already reported through one member
     errors = exc.errors()
     for err in errors[: 4 * MAX_PROBLEMS]:
         # A value that fits no member of a union (`run: list or string`) fails once per
-        # member; the members' names are not fields of the plan: name the field once.
+        # member; the members' names are not fields of the plan: name the field once,
+        # through the first member's error (`run[0]` of a list says which element).
         raw: FieldPath = tuple(err["loc"])
         keep_last = err["type"] == "extra_forbidden"
         loc: FieldPath = raw[:1] + tuple(
@@ -390,6 +468,12 @@ def _schema_errors(
             for k, s in enumerate(raw[1:], 1)
             if not _union_member(s) or (keep_last and k == len(raw) - 1)
         )
+        member = next((k for k, s in enumerate(raw) if k and _union_member(s)), None)
+        if member is not None and not keep_last:
+            union = raw[:member]
+            if union in unions:
+                continue
+            unions.add(union)
         if loc in seen:
             continue
         seen.add(loc)
@@ -436,19 +520,21 @@ def _prune(data: dict[str, Any], locs: list[FieldPath]) -> list[FieldPath] | Non
     for loc in locs:
         if (
             len(loc) < 2
-            or loc[0] not in ("tasks", "settings")
-            or (loc[0] == "tasks" and len(loc) < 3)
+            or loc[0] not in ("tasks", "settings", "specialists")
+            or (loc[0] in ("tasks", "specialists") and len(loc) < 3)
         ):
             return None
-        owner: FieldPath = tuple(loc[:2]) if loc[0] == "tasks" else ("settings",)
-        key = loc[2] if loc[0] == "tasks" else loc[1]
-        if key in ("id", "specialist", "depends_on"):
+        owner: FieldPath = tuple(loc[:2]) if loc[0] != "settings" else ("settings",)
+        key = loc[2] if loc[0] != "settings" else loc[1]
+        if loc[0] == "tasks" and key in ("id", "specialist", "depends_on"):
             return None  # others refer to these
         container: Any = data.get(str(owner[0]))
-        if len(owner) == 2:
+        if len(owner) == 2 and loc[0] == "tasks":
             items, at = container, owner[1]
             ok = isinstance(items, list) and isinstance(at, int) and 0 <= at < len(items)
             container = items[at] if ok else None
+        elif len(owner) == 2:
+            container = container.get(owner[1]) if isinstance(container, dict) else None
         if not isinstance(container, dict) or key not in container:
             return None
         del container[key]
@@ -568,6 +654,7 @@ class TaskSpec:
     prompt: tuple[tpl.Part, ...]
     timeout: float | None
     estimate: float | None = None
+    reads: tuple[str, ...] = ()  # read-only inputs: not resources, never snapshotted
 
     @property
     def resources(self) -> tuple[str, ...]:
@@ -588,6 +675,8 @@ class SpecialistSpec:
     can_help: tuple[str, ...] = ()
     # Where a `python: module:function` is looked up first (see _loader).
     root: Path | None = None
+    agent: AgentSpec | None = None
+    keep_context: bool = False
 
 
 @dataclass(frozen=True)
@@ -626,6 +715,31 @@ def compile_plan(plan: Plan, root: Path, settings: Settings | None = None) -> Co
     )
 
 
+def _agent_spec(name: str, spec: Specialist, base: FieldPath, report: _Report) -> AgentSpec | None:
+    """The agent a specialist names, checked: its program must be there to run."""
+    if spec.agent is None:
+        return None
+    from ._agents import PRESETS
+
+    agent = AgentSpec(
+        agent=spec.agent,
+        program=spec.program,
+        model=spec.model,
+        system_prompt=spec.system_prompt,
+        tools=tuple(spec.tools),
+        permission_mode=spec.permission_mode,
+        max_turns=spec.max_turns,
+        flags=tuple(spec.flags),
+        provider=spec.provider,
+        max_cost_usd=spec.max_cost_usd,
+    )
+    problem = PRESETS[spec.agent].check(agent, spec.env.get("PATH") or os.environ.get("PATH"))
+    if problem is not None:
+        field = "program" if spec.program else "agent"
+        report.error(base + (field,), problem.replace("specialists.NAME", f"specialists.{name}"))
+    return agent
+
+
 def _compile_specialists(
     plan: Plan, report: _Report, root: Path | None
 ) -> dict[str, SpecialistSpec]:
@@ -637,9 +751,12 @@ def _compile_specialists(
         if len(name) > MAX_NAME or not name or "\x00" in name:
             report.error(base, f"a specialist name is 1 to {MAX_NAME} characters, no NUL")
             continue
-        ways = sum(x is not None for x in (spec.run, spec.python, spec.func))
+        ways = sum(x is not None for x in (spec.run, spec.python, spec.func, spec.agent))
         if ways != 1:
-            report.error(base, f"specialist {name!r} needs exactly one of 'run' or 'python'")
+            report.error(
+                base, f"specialist {name!r} needs exactly one of 'run', 'python' or 'agent'"
+            )
+        agent = _agent_spec(name, spec, base, report)
         argv: tuple[tuple[tpl.Part, ...], ...] | None = None
         script: str | None = None
         if spec.run is not None:
@@ -669,6 +786,8 @@ def _compile_specialists(
             affinity=spec.affinity,
             can_help=tuple(dict.fromkeys(spec.can_help)),
             root=root,
+            agent=agent,
+            keep_context=spec.keep_context,
         )
     for name, spec in plan.specialists.items():
         for j, other in enumerate(spec.can_help):
@@ -710,9 +829,10 @@ def _compile_argv(
         except tpl.TemplateError as exc:
             report.error(where, str(exc))
             return None
-        if tpl.Placeholder("files") in parts and len(parts) != 1:
-            report.error(where, "{files} must stand alone as one argument")
-            return None
+        for alone in ("files", "reads"):
+            if tpl.Placeholder(alone) in parts and len(parts) != 1:
+                report.error(where, f"{{{alone}}} must stand alone as one argument")
+                return None
         parsed.append(parts)
     return tuple(parsed)
 
@@ -769,6 +889,7 @@ def _compile_structure(plan: Plan, root: Path | None, report: _Report) -> Compil
 
     specs: list[TaskSpec] = []
     folders: dict[str, Path] = {}
+    inputs = _Reads(root, report, folders)
     for i, task in enumerate(plan.tasks):
         base: FieldPath = ("tasks", i)
         tid = _short(task.id)
@@ -839,8 +960,9 @@ def _compile_structure(plan: Plan, root: Path | None, report: _Report) -> Compil
             report.error(base + ("prompt",), f"task {tid}: {exc}")
         if tpl.Placeholder("prompt") in prompt:
             report.error(base + ("prompt",), f"task {tid}: a prompt cannot contain {{prompt}}")
+        reads = inputs.of(task, i, files, specialist, plan.specialists.get(specialist or ""))
         if specialist is not None:
-            _check_exec(task, i, files, specialists[specialist], report)
+            _check_exec(task, i, files, specialists[specialist], report, reads)
         specs.append(
             TaskSpec(
                 index=i,
@@ -855,6 +977,7 @@ def _compile_structure(plan: Plan, root: Path | None, report: _Report) -> Compil
                 prompt=prompt,
                 timeout=task.timeout,
                 estimate=task.estimate,
+                reads=reads,
             )
         )
     by_id = {t.id: t for t in specs if first_seen[t.id] == t.index}
@@ -865,8 +988,94 @@ def _compile_structure(plan: Plan, root: Path | None, report: _Report) -> Compil
     return CompiledPlan(tuple(specs), specialists, plan.settings, plan.source, by_id)
 
 
+class _Reads:
+    """A task's read-only inputs: its specialist's `reads` and its own, paths checked like
+    owned files, globs expanded against the project's files (listed once, when a glob
+    first needs them). A file the task owns is not also an input."""
+
+    def __init__(self, root: Path | None, report: _Report, folders: dict[str, Path]) -> None:
+        self.root = root
+        self.report = report
+        self.folders = folders
+        self._tree: list[str] | None = None
+        self._done: dict[str, tuple[str, ...] | None] = {}  # pattern -> paths (None: refused)
+
+    def of(
+        self,
+        task: Task,
+        index: int,
+        files: Sequence[str],
+        name: str | None,
+        specialist: Specialist | None,
+    ) -> tuple[str, ...]:
+        places: list[tuple[FieldPath, str]] = []
+        if name is not None and specialist is not None:
+            places += [
+                (("specialists", name, "reads", j), r) for j, r in enumerate(specialist.reads)
+            ]
+        places += [(("tasks", index, "reads", j), r) for j, r in enumerate(task.reads)]
+        owned = set(files)
+        out: dict[str, None] = {}
+        for where, pattern in places:
+            for path in self._expand(where, pattern, task) or ():
+                if path not in owned:
+                    out[path] = None
+        return tuple(out)
+
+    def _expand(self, where: FieldPath, pattern: str, task: Task) -> tuple[str, ...] | None:
+        if pattern in self._done:
+            return self._done[pattern]
+        paths: tuple[str, ...] | None = None
+        tid = _short(task.id)
+        if self.root is None:
+            paths = (pattern.replace("\\", "/"),)
+        elif not any(c in pattern for c in "*?["):
+            try:
+                paths = (normalize_owned_path(self.root, pattern, self.folders),)
+            except ValueError as exc:
+                self.report.error(where, f"task {tid}: {exc}")
+        else:
+            paths = self._glob(where, pattern, tid)
+        self._done[pattern] = paths
+        return paths
+
+    def _glob(self, where: FieldPath, pattern: str, tid: str) -> tuple[str, ...] | None:
+        assert self.root is not None
+        clean = pattern.replace("\\", "/").removeprefix("./")
+        if clean.startswith(("/", "../")) or clean == ".." or "/../" in clean:
+            self.report.error(where, f"task {tid}: glob {_short(pattern)} leaves the project root")
+            return None
+        try:
+            glob = glob_to_regex(clean)
+        except ValueError as exc:
+            self.report.error(where, str(exc))
+            return None
+        if self._tree is None:
+            from ._fanout import project_files  # git's list of the project (ignores honoured)
+
+            self._tree = sorted(project_files(self.root))
+        found = tuple(f for f in self._tree if glob.match(f) and self._inside(f))
+        if not found:
+            self.report.warn(where, f"reads pattern {_short(pattern)} matches no file")
+        return found
+
+    def _inside(self, path: str) -> bool:
+        """A listed file reached through a link out of the root is no input of the project."""
+        assert self.root is not None
+        try:
+            normalize_owned_path(self.root, path, self.folders)
+        except ValueError:
+            return False
+        return True
+
+
 def _check_exec(
-    task: Task, index: int, files: list[str], spec: SpecialistSpec, report: _Report
+    task: Task,
+    index: int,
+    files: list[str],
+    spec: SpecialistSpec,
+    report: _Report,
+    reads: Sequence[str] = (),
 ) -> None:
     """A command task whose arguments or environment the kernel would refuse never starts."""
     if spec.argv is None and spec.shell_script is None:
@@ -893,12 +1102,27 @@ def _check_exec(
             f"one environment string may be ({MAX_ARG_STRLEN} bytes); split the task",
         )
         return
-    strings = [joined, "GUILDRUN_PROMPT=" + task.prompt, *(f"{k}={v}" for k, v in spec.env.items())]
+    read_env = "GUILDRUN_READS=" + "\n".join(reads)
+    if too_long(read_env):
+        report.error(
+            base + ("reads",),
+            f"task {_short(task.id)}: its {len(reads)} read-only inputs make $GUILDRUN_READS "
+            f"longer than one environment string may be ({MAX_ARG_STRLEN} bytes); split the task",
+        )
+        return
+    strings = [
+        joined,
+        read_env,
+        "GUILDRUN_PROMPT=" + task.prompt,
+        *(f"{k}={v}" for k, v in spec.env.items()),
+    ]
     if spec.argv is not None:
         known = {"task_id": task.id, "prompt": task.prompt, "scope": task.scope or ""}
         for parts in spec.argv:
             if parts == (tpl.Placeholder("files"),):
                 strings += files
+            elif parts == (tpl.Placeholder("reads"),):
+                strings += reads
             else:
                 text = "".join(p if isinstance(p, str) else known.get(p.name, "") for p in parts)
                 if too_long(text):

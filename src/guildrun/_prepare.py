@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._errors import UsageError
 from ._journal import journal_path
 from ._paths import find_root
-from ._plan import CompiledPlan, Plan, compile_plan, load_plan
+from ._plan import CompiledPlan, Plan, Specialist, compile_plan, load_plan
 from ._policies.retry import RetryPolicy
 from ._schedule import Distribution, distribution
 from ._settings import Settings, read_project_config, resolve_settings
@@ -61,6 +62,27 @@ def adaptive_limits(n_tasks: int, n_specialists: int, ceiling: int) -> tuple[int
     return total, per_type, why
 
 
+def check_gates(model: Plan, workspace: str) -> None:
+    """Gates need the integrated tree of worktree mode, a scope that exists, a command."""
+    where = model.source or "plan"
+    names: set[str] = set()
+    scopes = {t.scope for t in model.tasks if t.scope}
+    for k, gate in enumerate(model.gates):
+        field = f"{where}: gates[{k}]"
+        if workspace != "worktree":
+            raise UsageError(f"{field}: gates run on the integrated tree: set workspace: worktree")
+        if gate.name in names:
+            raise UsageError(f"{field}.name: {gate.name!r} is used by another gate")
+        names.add(gate.name)
+        scope = gate.after.removeprefix("scope:")
+        if gate.after.startswith("scope:") and scope not in scopes:
+            raise UsageError(f"{field}.after: no task has scope {scope!r}")
+        try:
+            gate.argv()
+        except ValueError as exc:
+            raise UsageError(f"{field}.run: {exc}") from None
+
+
 def prepare(
     plan: Plan | str | Path,
     *,
@@ -74,6 +96,7 @@ def prepare(
     """Load, check and resolve everything that can be wrong before anything runs."""
     project_root = find_root(root)
     model = plan if isinstance(plan, Plan) else load_plan(plan, check=False)
+    model = with_subagents(model, project_root)
     project, project_source = read_project_config(project_root)
     settings = resolve_settings(
         plan=model.settings,
@@ -83,6 +106,7 @@ def prepare(
         overrides=overrides,
     )
     compiled = compile_plan(model, project_root, settings)
+    check_gates(model, settings.workspace)
     notes: list[str] = []
     if auto:
         used = {t.specialist for t in compiled.tasks}
@@ -117,3 +141,28 @@ def prepare(
         compiled.tasks, compiled.specialists, settings, compiled.source, compiled.by_id
     )
     return Prepared(compiled, model, project_root, settings, limits, tuple(notes), strategy, retry)
+
+
+def with_subagents(model: Plan, root: Path) -> Plan:
+    """Tasks may name a Claude Code subagent (`.claude/agents/NAME.md`) as their
+    specialist without declaring it: it becomes an `agent: claude` specialist with the
+    file's system prompt, tools and model. The plan journaled is the completed one, so a
+    resume does not depend on the files still being there."""
+    wanted = {t.specialist for t in model.tasks if t.specialist} - set(model.specialists)
+    if not wanted or not (root / ".claude" / "agents").is_dir():
+        return model
+    from ._agents.subagents import discover
+
+    found = {n: a for n, a in discover(root).items() if n in wanted}
+    if not found:
+        return model
+    added = dict(model.specialists)
+    for name, sub in found.items():
+        spec = sub.spec
+        added[name] = Specialist(
+            agent="claude",
+            model=spec.model,
+            system_prompt=spec.system_prompt,
+            tools=list(spec.tools),
+        )
+    return model.model_copy(update={"specialists": added})

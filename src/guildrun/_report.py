@@ -20,7 +20,7 @@ from typing import Any
 from ._analysis import Analysis, AttemptSpan, PhaseStats, Sample, analyze
 from ._journal import Journal, journal_path
 from ._liveness import as_seen
-from ._metrics import Summary, summarize
+from ._metrics import UNDONE_HINT, Summary, summarize
 from ._paths import STATE_DIR, find_root
 
 STATUS_COLOURS = {
@@ -438,6 +438,39 @@ def failures_section(s: Summary) -> str:
     return "".join(out)
 
 
+def undone_section(s: Summary) -> str:
+    """Changes guildrun put back, and the extra files tasks run alone needed."""
+    out = []
+    if s.undone:
+        out.append(
+            _table(
+                ["undone change", "tasks running then"],
+                (
+                    [
+                        "<br>".join(f'<span class="mono">{esc(p)}</span>' for p in u.paths),
+                        esc(", ".join(u.running) or "none"),
+                    ]
+                    for u in s.undone
+                ),
+                set(),
+            )
+        )
+        out.append(f"<p>{esc(UNDONE_HINT)}</p>")
+    extra = [t for t in s.tasks if t.extra_files]
+    if extra:
+        out.append(
+            _table(
+                ["task run again alone", "files it needed beyond its own"],
+                (
+                    [f'<span class="mono">{esc(t.id)}</span>', esc(", ".join(t.extra_files))]
+                    for t in extra
+                ),
+                set(),
+            )
+        )
+    return "".join(out) or '<p class="muted">Nothing was undone.</p>'
+
+
 # ---------------------------------------------------------------- the page
 
 
@@ -463,6 +496,8 @@ def render_html(analysis: Analysis, summary: Summary) -> str:
         overhead_section(a),
         "<h2>Failures</h2>",
         failures_section(summary),
+        "<h2>Undone changes</h2>",
+        undone_section(summary),
         '<p class="muted">Definitions of every figure: docs/metrics.md in guildrun.</p>',
     ]
     return (

@@ -61,7 +61,8 @@ def prepare_rerun(
             )
         model = plan or Plan.model_validate_json(row["plan_json"])
         if plan is None and any(
-            s.run is None and s.python is None for s in model.specialists.values()
+            s.run is None and s.python is None and s.agent is None
+            for s in model.specialists.values()
         ):
             raise UsageError(
                 f"run {old} was built in code with Python callables; rerun it from code "

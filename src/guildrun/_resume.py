@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -33,7 +35,7 @@ from ._secrets import restore_plan_env
 from ._settings import Settings
 from ._workspaces.shared import Store
 
-_UNFINISHED = ("running", "interrupted")
+_UNFINISHED = ("running", "interrupted", "budget")
 
 
 def _pick_run(journal: Journal, run_id: str | None) -> str:
@@ -62,6 +64,7 @@ def prepare_resume(
     retry_failed: bool = False,
     executor: Executor | None = None,
     clock: Clock | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> tuple[Prepared, str, ResumeState]:
     """Stop leftover agents, roll back their attempts, and say what is left to do."""
     project = find_root(root)
@@ -71,7 +74,8 @@ def prepare_resume(
         row = journal.run(run_id)
         model = plan or Plan.model_validate_json(row["plan_json"])
         if plan is None and any(
-            s.run is None and s.python is None for s in model.specialists.values()
+            s.run is None and s.python is None and s.agent is None
+            for s in model.specialists.values()
         ):
             raise UsageError(
                 f"run {run_id} was built in code with Python callables; resume it from code: "
@@ -80,7 +84,9 @@ def prepare_resume(
         model.source = row["plan_source"]
         if plan is None:  # the journal keeps no secret: take it from the environment
             restore_plan_env(model.specialists, os.environ)
-        settings = Settings.model_validate_json(row["settings_json"])
+        saved = Settings.model_validate_json(row["settings_json"])
+        # A resume may raise the budget (`--max-cost-usd`): a budget stop is resumable.
+        settings = saved.model_copy(update=dict(overrides or {}))
         compiled = compile_plan(model, project, settings)
         limits = {k: int(v) for k, v in json.loads(row["limits_json"]).items()}
         attempts = journal.attempts(run_id)
@@ -138,6 +144,7 @@ async def resume_async(
     own_files: Iterable[str] = (),
     executor: Executor | None = None,
     clock: Clock | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> Summary:
     """Continue an interrupted run (the latest one when `run_id` is None).
 
@@ -147,7 +154,13 @@ async def resume_async(
     project = find_root(root)
     with run_lock(project, run_id or "resume"):
         prepared, rid, state = prepare_resume(
-            project, run_id, plan=plan, retry_failed=retry_failed, executor=executor, clock=clock
+            project,
+            run_id,
+            plan=plan,
+            retry_failed=retry_failed,
+            executor=executor,
+            clock=clock,
+            overrides=settings,
         )
         return await run_prepared(
             prepared,
@@ -160,6 +173,39 @@ async def resume_async(
             executor=executor,
             clock=clock,
         )
+
+
+_SHOWN_CONFLICTS = 50
+
+
+def _changed_by(
+    path: str,
+    now: str | None,
+    seq: int,
+    live: list[sqlite3.Row],
+    snaps: dict[tuple[str, int], list[sqlite3.Row]],
+) -> str:
+    """Who made `path` what it is now: the latest later task that changed it, if its
+    result is what is there, else someone outside guildrun."""
+    later = [
+        (c["task_id"], r["after"])
+        for c in live
+        if c["seq"] > seq
+        for r in snaps.get((c["task_id"], c["attempt"]), [])
+        if r["path"] == path and r["before"] != r["after"]
+    ]
+    if later and later[-1][1] == now:
+        names = ", ".join(dict.fromkeys(repr(t) for t, _ in later))
+        return f"finished by {names}; roll {'that' if len(later) == 1 else 'those'} back first"
+    if later:
+        return (
+            f"finished, by {later[-1][0]!r} and then outside guildrun (by a person or another "
+            "program); put it back by hand or leave it"
+        )
+    return (
+        "finished, outside guildrun (by a person or another program); put it back by hand "
+        "or leave it"
+    )
 
 
 def rollback(
@@ -193,30 +239,33 @@ def rollback(
         if task is not None and not chosen:
             raise UsageError(f"task {task!r} of run {run_id} has no finished work to roll back")
         store = Store(project)
+        snaps: dict[tuple[str, int], list[sqlite3.Row]] = {}
+        for r in journal.snapshots(run_id):
+            snaps.setdefault((r["task_id"], r["attempt"]), []).append(r)
         state: dict[str, str | None] = {}
+        conflicts: list[str] = []
         plans: list[tuple[int, str, dict[str, str | None]]] = []
         for c in reversed(chosen):
-            rows = journal.snapshot(run_id, c["task_id"], c["attempt"])
+            # A file the task did not change (an input it owned to read) has nothing to
+            # undo: restoring it would only clobber whatever came later.
+            rows = [
+                r for r in snaps.get((c["task_id"], c["attempt"]), []) if r["before"] != r["after"]
+            ]
             for r in rows:
-                now = state[r["path"]] if r["path"] in state else store.digest_of(r["path"])
+                path = r["path"]
+                now = state[path] if path in state else store.digest_of(path)
                 if now != r["after"]:
-                    later = [
-                        x["task_id"]
-                        for x in live
-                        if x["seq"] > c["seq"]
-                        and any(
-                            s["path"] == r["path"]
-                            for s in journal.snapshot(run_id, x["task_id"], x["attempt"])
-                        )
-                    ]
-                    who = f" by {', '.join(map(repr, later))}" if later else " (by hand?)"
-                    raise UsageError(
-                        f"cannot roll back task {c['task_id']!r}: {r['path']} was changed "
-                        f"after it finished{who}; roll those back first"
+                    conflicts.append(
+                        f"cannot roll back task {c['task_id']!r}: {path} was changed after it "
+                        + _changed_by(path, now, c["seq"], live, snaps)
                     )
-            for r in rows:
-                state[r["path"]] = r["before"]
+                state[path] = r["before"]
             plans.append((c["seq"], c["task_id"], {r["path"]: r["before"] for r in rows}))
+        if conflicts:
+            shown = conflicts[:_SHOWN_CONFLICTS]
+            if len(conflicts) > len(shown):
+                shown.append(f"... and {len(conflicts) - len(shown)} more")
+            raise UsageError("\n".join(shown))
         now_t = time.time()
         done: list[str] = []
         for seq, tid, manifest in plans:

@@ -403,6 +403,11 @@ class Scheduler:
     def limit(self, specialist: str) -> int:
         return self.limits[specialist]
 
+    def hold(self, specialist: str, held: bool) -> None:
+        """While held, no task of `specialist` starts (running ones go on); the caller
+        lifts the hold with a timer, so it never stalls a run."""
+        self.limiters[specialist].paused = held
+
     def set_limit(self, specialist: str, tokens: int) -> None:
         """Let at most `tokens` tasks of `specialist` run at once from the next start on
         (never above its configured limit, never below one). Running tasks go on."""
@@ -469,6 +474,8 @@ class Scheduler:
         ready. That is the end of its phase, or earlier when the rest of the phase waits
         on it."""
         if not self._solo or self.running or any(self._ready_count.values()):
+            return
+        if self.limiters[self.tasks[self._solo[0]].specialist].paused:
             return
         i = self._solo.pop(0)
         spec = self.tasks[i].specialist
@@ -553,6 +560,18 @@ class Scheduler:
         i = self.plan.by_id[task_id].index
         self._sleeping.discard(i)
         self._check_ready(i)
+        return self._drain()
+
+    def revoke(self, task_id: str) -> list[Decision]:
+        """A done task fails after all (a quality gate blamed its patch): its dependents
+        that have not started are skipped; those that ran keep their result."""
+        i = self.plan.by_id[task_id].index
+        if self.state[i] is not State.DONE:
+            raise ValueError(f"task {task_id!r} is {self.state[i].value}, not done")
+        self.state[i] = State.FAILED
+        self._skip_dependents(i, task_id)
+        self._retire_idle()
+        self._advance_phase()
         return self._drain()
 
     def abandon(self, reason: str, scope: str | None = None) -> list[Decision]:
@@ -721,7 +740,7 @@ class Scheduler:
         inst.running = i
         self.running += 1
         self.running_by[inst.specialist] += 1
-        self.limiters[inst.specialist].acquire_on_behalf_of(self.tasks[i].id)
+        self.limiters[inst.specialist].take_on_behalf_of(self.tasks[i].id)
         self.instance_of[i] = inst.name
         if victim is not None:
             self.stolen_from[i] = victim.name

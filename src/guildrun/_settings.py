@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ._errors import UsageError
 from ._policies.retry import RetrySettings
@@ -81,6 +81,14 @@ class Settings(BaseModel):
         default=True,
         description="Catch and undo writes outside the files a task owns (and its `writes`).",
     )
+    max_cost_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="Budget of the run in USD: past it no new task starts (resume with more).",
+    )
+    max_tokens: int | None = Field(
+        default=None, gt=0, description="Budget of the run in agent tokens, likewise."
+    )
     sample_interval: float = Field(
         default=1.0, ge=0, description="Seconds between CPU and memory samples (0: none)."
     )
@@ -116,6 +124,28 @@ class Settings(BaseModel):
             "alone at the end of its phase ('sequential')."
         ),
     )
+    workspace: Literal["shared", "worktree"] = Field(
+        default="shared",
+        description=(
+            "Where tasks work: 'shared' (the project itself) or 'worktree' (a git worktree per "
+            "instance; each task's change becomes a patch merged onto the branch guildrun/RUN)."
+        ),
+    )
+    allow_dirty: bool = Field(
+        default=False,
+        description="Worktree mode: start on uncommitted changes (a snapshot of them is the base).",
+    )
+    apply: bool = Field(
+        default=False,
+        description="Worktree mode: bring the result into the current branch at the end.",
+    )
+
+    @model_validator(mode="after")
+    def _worktree_only(self) -> Settings:
+        for name in ("allow_dirty", "apply"):
+            if getattr(self, name) and self.workspace != "worktree":
+                raise ValueError(f"{name} needs workspace: worktree")
+        return self
 
 
 _ENV = {

@@ -12,7 +12,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 SIMPLE = frozenset(
-    {"task_id", "prompt", "files", "instance", "attempt", "workdir", "specialist", "scope", "phase"}
+    {
+        "task_id",
+        "prompt",
+        "files",
+        "reads",
+        "instance",
+        "attempt",
+        "workdir",
+        "specialist",
+        "scope",
+        "phase",
+    }
 )
 REFS = frozenset({"result", "results"})
 
@@ -93,13 +104,19 @@ def render(parts: Sequence[Part], lookup: Lookup) -> str:
 
 
 def render_argv(
-    argv: Sequence[tuple[Part, ...]], lookup: Lookup, files: Sequence[str]
+    argv: Sequence[tuple[Part, ...]],
+    lookup: Lookup,
+    files: Sequence[str],
+    reads: Sequence[str] = (),
 ) -> list[str]:
-    """Fill an argv template; an element that is exactly ``{files}`` becomes one per file."""
+    """Fill an argv template; an element that is exactly ``{files}`` becomes one argument
+    per file, and ``{reads}`` one per read-only input."""
     out: list[str] = []
     for parts in argv:
         if len(parts) == 1 and parts[0] == Placeholder("files"):
             out.extend(files)
+        elif len(parts) == 1 and parts[0] == Placeholder("reads"):
+            out.extend(reads)
         else:
             out.append(render(parts, lookup))
     return out

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from .._agents.base import AgentSpec, Signal
 from .._clock import Clock, WallClock
 from .._secrets import NONE as NO_SECRETS
 from .._secrets import Redactor
@@ -39,6 +40,7 @@ class Ending(StrEnum):
     RATE_LIMITED = "rate_limited"  # the provider said "later"; not the task's fault
     CONFLICT = "conflict"  # its patch does not merge with what was integrated
     NEEDS_INPUT = "needs_input"  # an agent asked for a permission or an answer
+    AUTH = "auth"  # an agent is not logged in, or its key was refused
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class TaskContext:
     workdir: Path
     result_path: Path
     log_path: Path
+    reads: tuple[str, ...] = ()  # inputs it reads but may not change
 
     def env(self) -> dict[str, str]:
         """The same facts as GUILDRUN_* variables, for commands."""
@@ -69,6 +72,7 @@ class TaskContext:
             "GUILDRUN_SCOPE": self.scope or "",
             "GUILDRUN_PROMPT": self.prompt,
             "GUILDRUN_FILES": "\n".join(self.files),
+            "GUILDRUN_READS": "\n".join(self.reads),
             "GUILDRUN_INSTANCE": self.instance,
             "GUILDRUN_ATTEMPT": str(self.attempt),
             "GUILDRUN_ROOT": str(self.root),
@@ -94,6 +98,8 @@ class Job:
     stderr_path: Path
     argv: tuple[str, ...] | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    agent: AgentSpec | None = None  # an agent CLI preset runs it (argv is then None)
+    resume_session: str | None = None  # the agent continues this session
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,8 @@ class Outcome:
     retry_after: float | None = None  # seconds the provider asked us to wait
     cost_usd: float | None = None
     tokens: int | None = None
+    cost_estimated: bool = False  # from tokens and a price table, not the agent's own figure
+    session_id: str | None = None  # the agent's session, to continue it
 
     @property
     def ok(self) -> bool:
@@ -124,6 +132,7 @@ class Outcome:
 
 
 SpawnListener = Callable[[str, int, int], None]  # (task, attempt, process group)
+SignalListener = Callable[[str, Signal], None]  # (task, what its agent reported live)
 
 
 class Executor(ABC):
@@ -131,14 +140,22 @@ class Executor(ABC):
 
     clock: Clock = WallClock()
     on_spawn: SpawnListener | None = None
+    on_signal: SignalListener | None = None
     redactor: Redactor = NO_SECRETS  # the engine sets the run's; applied to logs and outcomes
     max_log_bytes: int = DEFAULT_MAX_LOG  # per stream of an attempt (settings.max_log_bytes)
 
-    def start(self, clock: Clock, on_spawn: SpawnListener | None = None) -> None:
-        """Bind the run's clock, and who hears about the process groups it starts
-        (journaled, so a resume can find them)."""
+    def start(
+        self,
+        clock: Clock,
+        on_spawn: SpawnListener | None = None,
+        on_signal: SignalListener | None = None,
+    ) -> None:
+        """Bind the run's clock; who hears about the process groups it starts (journaled,
+        so a resume can find them), and about what agents report while they run (a rate
+        limit met now throttles their provider at once)."""
         self.clock = clock
         self.on_spawn = on_spawn
+        self.on_signal = on_signal
 
     def open_instance(self, spec: InstanceSpec) -> None:  # noqa: B027 - optional hook
         """The scheduler spawned an instance; keep whatever it needs (an actor, a clone)."""

@@ -14,14 +14,16 @@ import errno
 import functools
 import inspect
 import os
+import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import psutil
 
@@ -32,7 +34,16 @@ from .._logcap import CappedFile
 from .._monitor import Monitor, Sample
 from .._safeio import NotARegularFile, read_head, read_regular
 from .._secrets import Redactor, Stream
-from .base import DEFAULT_MAX_LOG, Ending, Executor, InstanceSpec, Job, Outcome, SpawnListener
+from .base import (
+    DEFAULT_MAX_LOG,
+    Ending,
+    Executor,
+    InstanceSpec,
+    Job,
+    Outcome,
+    SignalListener,
+    SpawnListener,
+)
 
 RESULT_LIMIT = 1 << 20  # a result kept in the journal is cut at 1 MiB
 
@@ -149,6 +160,38 @@ class _Sink:
             self.out = None
 
 
+class _AgentLog:
+    """An agent CLI's log, written line by line by `follow`: secrets masked, size capped."""
+
+    def __init__(self, path: Path, secrets: Stream, limit: int) -> None:
+        self.path, self.secrets, self.limit = path, secrets, limit
+        self.out: CappedFile | None = None
+        with contextlib.suppress(OSError):
+            self.out = CappedFile(path, limit)
+
+    def write(self, data: bytes) -> int:
+        self._put(self.secrets.feed(data))
+        return len(data)
+
+    def _put(self, data: bytes) -> None:
+        if not data:
+            return
+        with contextlib.suppress(OSError):  # a link or FIFO planted there: the log is lost
+            if self.out is None:
+                self.out = CappedFile(self.path, self.limit)
+            self.out.write(data)
+
+    def flush(self) -> None:
+        """Every write is already in the file."""
+
+    def close(self) -> None:
+        self._put(self.secrets.flush())
+        if self.out is not None:
+            with contextlib.suppress(OSError):
+                self.out.close()
+            self.out = None
+
+
 class LocalExecutor(Executor):
     """Attempts as local processes or in-process callables.
 
@@ -171,11 +214,17 @@ class LocalExecutor(Executor):
         self._env: dict[str, dict[bytes, bytes]] = {}
         self._instance_env: dict[str, dict[bytes, bytes]] = {}
         self._groups: dict[str, int] = {}  # running task -> process group
+        self._state_root: Path | None = None  # agents' private CLI state, per instance
         self._run_id: str | None = None
         self._subreaper = False
 
-    def start(self, clock: Clock, on_spawn: SpawnListener | None = None) -> None:
-        super().start(clock, on_spawn)
+    def start(
+        self,
+        clock: Clock,
+        on_spawn: SpawnListener | None = None,
+        on_signal: SignalListener | None = None,
+    ) -> None:
+        super().start(clock, on_spawn, on_signal)
         # Orphans of our tasks become our children, so none escapes the sweep at its end.
         self._subreaper = _reaper.become_subreaper()
 
@@ -191,7 +240,9 @@ class LocalExecutor(Executor):
         self._instance_env.pop(name, None)
 
     async def run(self, job: Job) -> Outcome:
-        if job.argv is None:
+        if job.agent is not None:
+            outcome = await self._agent(job)
+        elif job.argv is None:
             outcome = await self._call(job)
         else:
             outcome = await self._command(job)
@@ -336,6 +387,123 @@ class LocalExecutor(Executor):
             outcome.result = str(value)
         return outcome
 
+    # ------------------------------------------------------------ agent CLIs
+
+    def _state_dir(self, instance: str) -> Path:
+        """An instance's private CLI state (config, login copy, sessions), outside the
+        project so no snapshot, watcher or log ever sees it; removed when the run ends."""
+        if self._state_root is None:
+            self._state_root = Path(tempfile.mkdtemp(prefix="guildrun-agents-"))
+        path = self._state_root / re.sub(r"[^A-Za-z0-9._-]", "_", instance)
+        path.mkdir(mode=0o700, exist_ok=True)
+        return path
+
+    async def _agent(self, job: Job) -> Outcome:
+        """Run an agent CLI through its preset, reading its own verdict while it runs."""
+        from .._agents import PRESETS, Refused, SessionStarted, Signal
+        from .._agents.follow import follow
+
+        assert job.agent is not None
+        spec, ctx, clock = job.agent, job.context, self.clock
+        preset = PRESETS[spec.agent]
+        started = clock.now()
+        try:
+            inv = preset.invocation(
+                spec,
+                prompt=ctx.prompt,
+                files=ctx.files,
+                workdir=ctx.workdir,
+                state_dir=self._state_dir(ctx.instance),
+                resume_session=job.resume_session,
+            )
+            env = self._env_for(job)
+            env.update({os.fsencode(k): os.fsencode(v) for k, v in inv.env.items()})
+            proc = await asyncio.create_subprocess_exec(
+                *inv.argv,
+                cwd=ctx.workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except (OSError, ValueError) as exc:
+            msg = f"cannot start {spec.agent}: {getattr(exc, 'strerror', None) or exc}"
+            job.stderr_path.write_text(msg + "\n")
+            return Outcome(Ending.ERROR, started, clock.now(), error=msg)
+        pid = proc.pid
+        task = ctx.task_id
+        self._groups[task] = pid
+        if self.on_spawn is not None:
+            self.on_spawn(task, ctx.attempt, pid)
+        reader = preset.reader(spec)
+        session: str | None = None
+        refused = False
+
+        def heard(sig: Signal) -> None:
+            nonlocal session, refused
+            if isinstance(sig, SessionStarted):
+                session = sig.session_id
+            elif isinstance(sig, Refused) and not refused:
+                refused = True  # it would retry a refused login for minutes: end it now
+                _kill_group(pid, signal.SIGTERM)
+            if self.on_signal is not None:
+                self.on_signal(task, sig)
+
+        timed_out = False
+        logs = (
+            _AgentLog(job.stdout_path, self.redactor.stream(), self.max_log_bytes),
+            _AgentLog(job.stderr_path, self.redactor.stream(), self.max_log_bytes),
+        )
+        with contextlib.ExitStack() as closing:
+            for log in logs:
+                closing.callback(log.close)
+            out, err = (cast(BinaryIO, log) for log in logs)
+            following = asyncio.ensure_future(
+                follow(proc, reader, heard, stdout_log=out, stderr_log=err)
+            )
+            waited = asyncio.ensure_future(proc.wait())
+            try:
+                done, _ = await asyncio.wait({waited}, timeout=job.timeout)
+                if not done:
+                    timed_out = True
+                    await _stop_group(pid, waited, job.kill_grace)
+            except asyncio.CancelledError:
+                await asyncio.shield(_stop_group(pid, waited, job.kill_grace))
+                following.cancel()
+                raise
+            finally:
+                self._groups.pop(task, None)
+                _kill_group(pid, signal.SIGKILL)
+                # What left the group is found and killed (the leader is asyncio's to reap).
+                self._run_id = ctx.run_id
+                _reaper.sweep(ctx.run_id, task, pid, {pid, *self._groups.values()})
+            try:
+                # The pipes close once every process holding them is gone: bounded anyway.
+                stderr_tail = await asyncio.wait_for(following, timeout=10)
+            except TimeoutError:
+                stderr_tail = ""
+        code = proc.returncode if proc.returncode is not None else -9
+        verdict = reader.finish(code, stderr_tail)
+        ending = _AGENT_ENDINGS[verdict.kind]
+        error = verdict.message if ending is not Ending.DONE else None
+        if timed_out:
+            ending, error = Ending.TIMED_OUT, f"timed out after {job.timeout:g}s"
+        return Outcome(
+            ending,
+            started,
+            clock.now(),
+            exit_code=code,
+            error=error,
+            result=verdict.result if ending is Ending.DONE else None,
+            pgid=pid,
+            retry_after=verdict.retry_after_s,
+            cost_usd=verdict.cost_usd,
+            tokens=verdict.tokens,
+            cost_estimated=verdict.cost_estimated,
+            session_id=verdict.session_id or session,
+        )
+
     # ------------------------------------------------------------ resources and leftovers
 
     def sample(self, now: float) -> Sample | None:
@@ -351,12 +519,25 @@ class LocalExecutor(Executor):
         stop_groups(groups, grace)
 
     def close(self) -> None:
+        if self._state_root is not None:
+            shutil.rmtree(self._state_root, ignore_errors=True)
+            self._state_root = None
         if self._run_id is not None:
             _reaper.sweep(self._run_id, None, None, set(self._groups.values()))
         if self._subreaper:
             self._subreaper = False
             _reaper.release_subreaper()
 
+
+_AGENT_ENDINGS = {
+    "done": Ending.DONE,
+    "failed": Ending.FAILED,
+    "rate_limited": Ending.RATE_LIMITED,
+    "needs_input": Ending.NEEDS_INPUT,
+    "auth": Ending.AUTH,
+    "timeout": Ending.TIMED_OUT,
+    "error": Ending.ERROR,
+}
 
 _SCRUB_LIMIT = 64 << 20
 
@@ -392,7 +573,7 @@ def _kill_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-async def _stop_group(pgid: int, exited: asyncio.Future[None], grace: float) -> None:
+async def _stop_group(pgid: int, exited: asyncio.Future[Any], grace: float) -> None:
     _kill_group(pgid, signal.SIGTERM)
     try:
         await asyncio.wait_for(asyncio.shield(exited), timeout=grace)

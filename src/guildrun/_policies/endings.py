@@ -5,8 +5,9 @@ let the next rule decide; `a | b` asks `a` first. The engine carries the verdict
 and knows no rule of its own, so a new kind of ending (a rate limit, a merge conflict)
 is a new rule, not a new branch in the engine.
 
-    policy = accept_done | rerun_alone_on_violation | retry_rate_limited(50) \\
-        | retry_by_policy | fail_and_stop(isolation="scope", fail_fast=False)
+    policy = accept_done | rerun_on_conflict | rerun_alone_on_violation \\
+        | retry_rate_limited(50) | retry_by_policy \\
+        | fail_and_stop(isolation="scope", fail_fast=False)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Ended:
     widened: bool  # already re-run alone after a violation
     scope: str | None
     free_attempts: int = 0  # earlier attempts that did not count (rate limits)
+    conflicts: int = 0  # earlier attempts whose patch did not merge (worktree mode)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,19 @@ def _rerun_alone(e: Ended, rng: random.Random) -> Verdict | None:
 rerun_alone_on_violation = Policy(_rerun_alone, "rerun_alone_on_violation")
 
 
+def _rerun_on_conflict(e: Ended, rng: random.Random) -> Verdict | None:
+    """A patch that does not merge is re-run once on top of the integrated state (the
+    seed's fallback to sequential: it now starts from its rivals' work); a second
+    conflict is the task's result (the last rule fails it), and its dependents do not
+    start."""
+    if e.outcome.status is Ending.CONFLICT and e.conflicts == 0:
+        return Retry(0.0, counts=False)
+    return None
+
+
+rerun_on_conflict = Policy(_rerun_on_conflict, "rerun_on_conflict")
+
+
 def retry_rate_limited(most: int = 50) -> Policy:
     """A rate-limited attempt is retried after the provider's delay (or the task's
     backoff), without counting as a try, up to `most` times."""
@@ -146,6 +161,7 @@ def fail_and_stop(*, isolation: str, fail_fast: bool) -> Policy:
 def default_policy(*, isolation: str, fail_fast: bool) -> Policy:
     return (
         accept_done
+        | rerun_on_conflict
         | rerun_alone_on_violation
         | retry_rate_limited()
         | retry_by_policy

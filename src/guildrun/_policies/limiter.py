@@ -21,10 +21,13 @@ class LimiterStatistics:
 
 class Limiter:
     def __init__(self, total_tokens: int) -> None:
+        # `paused` stops lending without losing the size: a rate limit's wait, then the
+        # same size again (a pause is always lifted by a timer, so it never stalls a run).
         if total_tokens < 1:
             raise ValueError("a limiter needs at least one token")
         self._total = total_tokens
         self._borrowers: set[str] = set()
+        self.paused = False  # a provider asked us to wait: no token is lent meanwhile
 
     @property
     def total_tokens(self) -> int:
@@ -37,6 +40,8 @@ class Limiter:
 
     @property
     def available_tokens(self) -> int:
+        if self.paused:
+            return 0
         return max(0, self._total - len(self._borrowers))
 
     def acquire_on_behalf_of(self, borrower: str) -> bool:
@@ -47,6 +52,10 @@ class Limiter:
             return False
         self._borrowers.add(borrower)
         return True
+
+    def take_on_behalf_of(self, borrower: str) -> None:
+        """Lend a token the caller already found free (the scheduler checks, then starts)."""
+        self._borrowers.add(borrower)
 
     def release_on_behalf_of(self, borrower: str) -> None:
         self._borrowers.remove(borrower)

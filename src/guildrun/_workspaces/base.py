@@ -9,7 +9,7 @@ task's effect (`accept`) or put the files back (`undo`).
 - `SharedTree` (shared.py): every task works in the project itself. Effects are
   snapshots of owned files; ownership is checked through inotify, and a stray write
   that several running tasks could have made is undone without blame.
-- The worktree mode (its own issue) gives each instance its own git worktree; an
+- `WorktreeWorkspace` (worktree.py) gives each instance its own git worktree; an
   effect becomes a patch, integrated onto a run branch, where a conflict is a normal
   outcome (`Ending.CONFLICT`), not an exception.
 """
@@ -30,12 +30,15 @@ class Check:
 
     violations: dict[str, list[str]] = field(default_factory=dict)  # task -> paths, undone
     touched: dict[str, list[str]] = field(default_factory=dict)  # task -> its allowed changes
-    stray: list[str] = field(default_factory=list)  # undone, but nobody can be blamed
-    suspects: list[str] = field(default_factory=list)  # who was running when they happened
+    # Undone, but nobody can be blamed: path -> the tasks that may have made the change.
+    stray: dict[str, list[str]] = field(default_factory=dict)
+    conflicts: dict[str, str] = field(default_factory=dict)  # task -> why its patch did not merge
     unsafe: dict[str, str] = field(default_factory=dict)  # task -> why its files are unsafe
 
 
 class Workspace(ABC):
+    notes_kind = "watcher_unavailable"  # the event kind `open`'s notes are journaled as
+
     @abstractmethod
     def open(self) -> list[str]:
         """Take the state the run starts from; returns notes worth journaling."""
@@ -45,12 +48,15 @@ class Workspace(ABC):
         """Where an instance's tasks run."""
 
     @abstractmethod
-    def before(self, task: str, files: Sequence[str]) -> Manifest | None:
-        """An attempt starts: capture what it may change, to undo it later."""
+    def before(self, task: str, files: Sequence[str], instance: str) -> Manifest | None:
+        """An attempt starts on `instance`: capture what it may change, to undo it later."""
 
     @abstractmethod
-    def check(self, ended: Sequence[str], running: Collection[str]) -> Check:
-        """Attempts ended: find changes outside what they own and undo them."""
+    def check(
+        self, ended: Sequence[str], running: Collection[str], succeeded: Collection[str] = ()
+    ) -> Check:
+        """Attempts ended (`succeeded`: those whose agent said done): find changes outside
+        what they own and undo them."""
 
     @abstractmethod
     def accept(self, task: str, files: Sequence[str], touched: Iterable[str]) -> Manifest | None:
@@ -59,6 +65,11 @@ class Workspace(ABC):
     @abstractmethod
     def undo(self, task: str, extra: Iterable[str] = ()) -> None:
         """An attempt failed: its files go back to what they were before it."""
+
+    def finish(self, status: str) -> list[str]:
+        """The run ended with `status` (before the end is journaled); returns notes for
+        the summary, such as where the result is and how to apply it."""
+        return []
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """The run is over."""

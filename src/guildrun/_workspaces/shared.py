@@ -651,7 +651,7 @@ class SharedTree(Workspace):
     def workdir(self, instance: str) -> Path:
         return self.root
 
-    def before(self, task: str, files: Sequence[str]) -> Manifest | None:
+    def before(self, task: str, files: Sequence[str], instance: str) -> Manifest | None:
         self._ran_since_check.add(task)
         if not files:
             self._before.pop(task, None)
@@ -660,7 +660,9 @@ class SharedTree(Workspace):
         self._before[task] = manifest
         return manifest
 
-    def check(self, ended: Sequence[str], running: Collection[str]) -> Check:
+    def check(
+        self, ended: Sequence[str], running: Collection[str], succeeded: Collection[str] = ()
+    ) -> Check:
         """Judge what changed since the last check.
 
         A change nobody may make is not judged while a task that could have made it is
@@ -682,7 +684,7 @@ class SharedTree(Workspace):
         suspects = self._ran_since_check | set(ended)
         rules = self.rules
         for path in sorted(changed):
-            if rules.ignored(path):
+            if rules.ignored(path) or self._not_a_change(path):
                 continue
             if any(rules.allowed(t, path) for t in running):
                 self._carry.add(path)  # judged when its owner ends
@@ -709,9 +711,16 @@ class SharedTree(Workspace):
                 out.unsafe[t] = "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "")
         return out
 
+    def _not_a_change(self, path: str) -> bool:
+        """A path that was no file at the start and is none now: a folder (its files are
+        judged one by one), or a file made and removed again, such as the temporary file
+        `write_file` renames over the file it writes (`.name.XXXXXXXX.guildrun`) or a
+        tool's. Such a path never counts as a change, nor as an extra file of a task."""
+        assert self.baseline is not None
+        return path not in self.baseline.index and self.baseline.current(path) is None
+
     def _judge(self, out: Check, ended: set[str], running: set[str]) -> None:
         assert self.baseline is not None
-        blamed: set[str] = set()
         for path in sorted(self._pending):
             who = self._pending[path]
             if who & running:
@@ -723,9 +732,7 @@ class SharedTree(Workspace):
             if len(who) == 1 and who <= ended:
                 out.violations.setdefault(next(iter(who)), []).append(path)
             else:
-                out.stray.append(path)
-                blamed |= who
-        out.suspects = sorted(blamed)
+                out.stray[path] = sorted(who)
 
     def _other_names(self, rel: str) -> list[str]:
         """The other names, at run start, of the file `rel` now is (a task made it a hard
@@ -750,8 +757,8 @@ class SharedTree(Workspace):
             if len(suspects) == 1 and suspects <= ended:
                 out.violations.setdefault(next(iter(suspects)), []).extend(hit)
             else:
-                out.stray.extend(hit)
-                out.suspects = sorted({*out.suspects, *suspects})
+                for path in hit:
+                    out.stray[path] = sorted(suspects)
 
     def _rescan(self) -> set[str]:
         assert self.baseline is not None

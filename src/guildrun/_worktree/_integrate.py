@@ -37,7 +37,13 @@ CRASH_ENV = "GUILDRUN_TEST_WORKTREE_CRASH_AT"  # tests only: SIGKILL self at a n
 RUN_ENV = "GUILDRUN_GIT_RUN"  # carried by every git guildrun starts for a run
 
 
-def stop_leftover_git(run_id: str) -> int:
+def run_marker(root: Path, run_id: str) -> str:
+    """What RUN_ENV holds: the run and its repository, so that recovering one project's
+    run never stops git processes of another project's run of the same name."""
+    return f"{run_id}@{root}"
+
+
+def stop_leftover_git(marker: str) -> int:
     """Kill git processes a dead engine started for this run: a SIGKILL of the engine
     does not stop its child, which would go on writing into the worktree being reset."""
     found: list[psutil.Process] = []
@@ -46,7 +52,7 @@ def stop_leftover_git(run_id: str) -> int:
             env = proc.info["environ"] or {}
         except (psutil.Error, KeyError):
             continue
-        if env.get(RUN_ENV) == run_id and proc.info["pid"] != os.getpid():
+        if env.get(RUN_ENV) == marker and proc.info["pid"] != os.getpid():
             found.append(proc)
     for proc in found:
         with contextlib.suppress(psutil.Error):
@@ -291,7 +297,7 @@ class Integrator:
             intent = {}  # torn while written: nothing had started yet
         if intent is None and self._resolving():
             return Recovery(None, False, tuple(self.integrated()))
-        stop_leftover_git(self.layout.run_id)
+        stop_leftover_git(run_marker(self.layout.root, self.layout.run_id))
         self.expected = self._read_head()  # a new process: the branch is the record
         gitdir = self._gitdir_path()
         if intent is not None:

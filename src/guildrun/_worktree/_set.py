@@ -31,7 +31,7 @@ from ._base import RunBase, take_base, user_head
 from ._gates import Bisection, Gate, GateResult, Gates
 from ._guard import Fingerprint, Violation
 from ._instances import Instance, Instances, registered
-from ._integrate import RUN_ENV, Integration, Integrator, Recovery
+from ._integrate import RUN_ENV, Integration, Integrator, Recovery, run_marker
 from ._layout import Layout
 from ._patch import TaskPatch, commit_changes
 
@@ -52,7 +52,8 @@ class WorktreeSet:
         self.root = root.resolve()
         self.layout = Layout(self.root, run_id)
         git = git or Git(self.root)
-        self.git = dataclasses.replace(git, extra_env={**git.extra_env, RUN_ENV: run_id})
+        marker = run_marker(self.root, run_id)
+        self.git = dataclasses.replace(git, extra_env={**git.extra_env, RUN_ENV: marker})
         self.instances = Instances(self.git, self.layout)
         self.integrator = Integrator(self.git, self.layout)
         self.gates = Gates(self.git, self.layout, self.integrator)
