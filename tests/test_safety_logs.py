@@ -56,3 +56,19 @@ def test_a_task_printing_too_much_keeps_a_capped_log(project: Path) -> None:
     assert data.startswith(b"HEADxxx") and data.endswith(b"xxxTAIL")
     assert b"[guildrun: 2900008 bytes cut from the middle of this log" in data
     assert err.read_bytes() == b"e" * 10
+
+
+def test_an_agent_cli_log_is_masked_and_capped(tmp_path: Path) -> None:
+    from guildrun._executors.local import _AgentLog
+    from guildrun._secrets import Redactor
+
+    log = _AgentLog(tmp_path / "a.out", Redactor(["tok-123456789"]).stream(), 1000)
+    log.write(b'{"type": "text", "key": "tok-1234')
+    log.write(b'56789"}\n')
+    for _ in range(100):
+        log.write(b"y" * 50 + b"\n")
+    log.close()
+    data = (tmp_path / "a.out").read_bytes()
+    assert data.startswith(b'{"type": "text", "key": "***"}\n')
+    assert b"tok-" not in data
+    assert b"bytes cut from the middle of this log" in data and len(data) < 1200
