@@ -28,6 +28,8 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 _PR_SET_CHILD_SUBREAPER = 36
 _lock = threading.Lock()
 _holders = 0  # executors that asked for the subreaper bit, in this process
@@ -62,15 +64,22 @@ def release_subreaper() -> None:
 
 
 def _children(pid: int | str = "self") -> set[int]:
-    """Direct children of a process, from every one of its threads."""
+    """Direct children of a process, from every one of its threads (a kernel without
+    /proc/PID/task/TID/children: from a scan of every process, through psutil)."""
     out: set[int] = set()
     try:
         threads = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return out
     for tid in threads:
-        with contextlib.suppress(OSError, ValueError):
+        try:
             out.update(int(c) for c in (tid / "children").read_text().split())
+        except FileNotFoundError:
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process() if pid == "self" else psutil.Process(int(pid))
+                return {c.pid for c in proc.children()}
+        except (OSError, ValueError):
+            continue
     return out
 
 
