@@ -48,6 +48,7 @@ from ._schedule import (
     Spawned,
     Started,
 )
+from ._secrets import plan_for_journal, run_redactor
 from ._workspaces.base import Check, Workspace
 from ._workspaces.ownership import Ownership
 from ._workspaces.shared import SharedTree
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from ._worktree import Bisection, Gate, GateResult
 
 PGID_FLUSH_S = 0.2
+JOURNAL_NAME = f"{STATE_DIR}/journal.db"
 DEFAULT_RATE_LIMIT_WAIT = 5.0  # seconds, when a provider says "later" without saying when
 
 
@@ -222,6 +224,12 @@ class Engine:
         self.spent_usd = 0.0
         self.spent_tokens = 0
         self._budget_stop = False
+        # Secrets never stored or shown: logs and outcomes (executor), records (journal).
+        self.redactor = run_redactor(
+            (sp.env for sp in self.plan.specialists.values()), s.secret_env
+        )
+        journal.redactor = executor.redactor = self.redactor
+        executor.max_log_bytes = s.max_log_bytes
 
     @property
     def results(self) -> dict[str, str]:
@@ -321,7 +329,9 @@ class Engine:
                     self.run_id,
                     root=self.p.root,
                     plan_source=self.plan.source,
-                    plan_json=self.p.source.model_dump_json(),
+                    plan_json=plan_for_journal(
+                        self.p.source.model_dump_json(), self.settings.secret_env
+                    ),
                     settings_json=self.settings.model_dump_json(),
                     limits=self.p.limits,
                     tasks=[
@@ -388,6 +398,7 @@ class Engine:
                     set(self._running),
                     {tid for tid, _, o in ended if o.status is Ending.DONE},
                 )
+                self._journal_guard(check, [tid for tid, _, _ in ended])
         with self.timings("journal"), self.journal.transaction() as committed:
             self._write_pgids()
             for paths, suspects in _by_suspects(check.stray):
@@ -401,6 +412,8 @@ class Engine:
                 )
             decisions: list[Decision] = []
             for tid, attempt, outcome in ended:
+                if tid in check.unsafe and outcome.ok:  # a FIFO, a device, a link out
+                    outcome.status, outcome.error = Ending.FAILED, check.unsafe[tid]
                 decisions += self._conclude(
                     tid,
                     attempt,
@@ -422,6 +435,18 @@ class Engine:
             jobs = self._apply(decisions)
         self.reporter.events(committed)
         self._launch(jobs)
+
+    def _journal_guard(self, check: Check, ended: list[str]) -> None:
+        """A task wrote the journal (guildrun's, not a task's): blamed like any unowned
+        change. What it wrote cannot be taken back (docs/security.md); a damaged journal is
+        named so."""
+        if not self.journal.written_by_another():
+            return
+        what = JOURNAL_NAME if self.journal.intact() else f"{JOURNAL_NAME} (damaged)"
+        if len(ended) == 1 and not self._running:
+            check.violations.setdefault(ended[0], []).append(what)
+        else:
+            check.stray[what] = sorted({*ended, *self._running})
 
     def stop(self) -> None:
         self._stop.set()

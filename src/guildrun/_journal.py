@@ -20,12 +20,14 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._errors import UsageError
+from ._secrets import NONE as NO_SECRETS
+from ._secrets import Redactor
 
 if TYPE_CHECKING:
     from ._monitor import Sample
@@ -239,6 +241,9 @@ class Journal:
             raise UsageError(f"{path}: journal schema {version} is not {SCHEMA_VERSION}")
         self._pending: list[Event] = []
         self._rows: list[tuple[object, ...]] = []
+        self.redactor: Redactor = NO_SECRETS  # the run's secrets, never written here
+        self._data_version: int | None = None
+        self.written_by_another()  # from here on, another writer is noticed
         # Inside a transaction, per-task row writes wait here and go in with executemany,
         # statement by statement in the order first seen. Rows of one statement never
         # depend on each other; where one task gets two statements in one transaction
@@ -297,6 +302,8 @@ class Journal:
 
     def event(self, run_id: str, ev: Event) -> None:
         """Journal an event; rows are written together when the transaction commits."""
+        if ev.data and self.redactor:
+            ev = replace(ev, data=self.redactor.data(ev.data))
         self._rows.append(
             (
                 run_id,
@@ -389,7 +396,7 @@ class Journal:
         self._write(
             "UPDATE attempts SET status=?, started=?, ended=?, exit_code=?, error=?"
             " WHERE run_id=? AND task_id=? AND attempt=?",
-            (status, started, ended, exit_code, error, run_id, task, attempt),
+            (status, started, ended, exit_code, self.redactor.maybe(error), run_id, task, attempt),
         )
 
     def attempt_spend(
@@ -439,7 +446,7 @@ class Journal:
     ) -> None:
         self._write(
             "UPDATE tasks SET state=?, ended=?, result=?, cause=? WHERE run_id=? AND id=?",
-            (state, now, result, cause, run_id, task),
+            (state, now, self.redactor.maybe(result), self.redactor.maybe(cause), run_id, task),
         )
 
     def instance_spawned(self, run_id: str, name: str, specialist: str, now: float) -> None:
@@ -501,6 +508,25 @@ class Journal:
             " count=count+excluded.count",
             [(run_id, step, sec, n) for step, (sec, n) in timings.items()],
         )
+
+    def written_by_another(self) -> bool:
+        """Whether another connection committed to the journal since the last call.
+
+        One engine per root holds the journal (the run lock); readers never commit. So
+        a change here during a run is a task writing guildrun's records: SQLite's
+        `data_version` moves for commits of other connections only, never for ours.
+        """
+        version = int(self.db.execute("PRAGMA data_version").fetchone()[0])
+        seen, self._data_version = self._data_version, version
+        return seen is not None and version != seen
+
+    def intact(self) -> bool:
+        """SQLite's own quick check of the file's structure."""
+        try:
+            rows = self.db.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.DatabaseError:
+            return False
+        return [tuple(r) for r in rows] == [("ok",)]
 
     def set_status(self, run_id: str, status: str) -> None:
         self.db.execute(

@@ -31,6 +31,7 @@ from ._paths import find_root
 from ._plan import Plan, compile_plan
 from ._prepare import Prepared
 from ._reporter import Reporter
+from ._secrets import restore_plan_env
 from ._settings import Settings
 
 _NOT_RUN = ("failed", "skipped", "waiting", "running")
@@ -69,6 +70,8 @@ def prepare_rerun(
                 "with the same plan"
             )
         model.source = row["plan_source"]
+        if plan is None:  # the journal keeps no secret: take it from the environment
+            restore_plan_env(model.specialists, os.environ)
         settings = Settings.model_validate_json(row["settings_json"])
         compiled = compile_plan(model, project, settings)
         limits = {k: int(v) for k, v in _json(row["limits_json"]).items()}

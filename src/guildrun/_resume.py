@@ -32,6 +32,7 @@ from ._plan import Plan, compile_plan
 from ._prepare import Prepared
 from ._reporter import Reporter
 from ._runlock import run_lock
+from ._secrets import restore_plan_env
 from ._settings import Settings
 from ._workspaces.shared import Store
 
@@ -82,6 +83,8 @@ def prepare_resume(
                 "guildrun.resume(run_id, plan=the_same_plan)"
             )
         model.source = row["plan_source"]
+        if plan is None:  # the journal keeps no secret: take it from the environment
+            restore_plan_env(model.specialists, os.environ)
         saved = Settings.model_validate_json(row["settings_json"])
         # A resume may raise the budget (`--max-cost-usd`): a budget stop is resumable.
         settings = saved.model_copy(update=dict(overrides or {}))

@@ -101,6 +101,21 @@ class Settings(BaseModel):
         default_factory=lambda: list(DEFAULT_IGNORE),
         description="Globs that any task may write without it counting (caches, build output).",
     )
+    max_log_bytes: int = Field(
+        default=50 << 20,
+        ge=1024,
+        description=(
+            "Bytes of each task's stdout and of its stderr kept in its log; past that the "
+            "head and the tail are kept and the log says how much was cut."
+        ),
+    )
+    secret_env: list[str] = Field(
+        default_factory=list,
+        description=(
+            "More names (globs) of environment variables whose values are secrets, beside "
+            "*_KEY, *_TOKEN, *_SECRET and *PASSWORD*: shown and stored as ***."
+        ),
+    )
     on_violation: Literal["fail", "sequential"] = Field(
         default="fail",
         description=(

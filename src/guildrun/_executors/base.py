@@ -22,6 +22,10 @@ from pathlib import Path
 
 from .._agents.base import AgentSpec, Signal
 from .._clock import Clock, WallClock
+from .._secrets import NONE as NO_SECRETS
+from .._secrets import Redactor
+
+DEFAULT_MAX_LOG = 50 << 20
 
 
 class Ending(StrEnum):
@@ -137,6 +141,8 @@ class Executor(ABC):
     clock: Clock = WallClock()
     on_spawn: SpawnListener | None = None
     on_signal: SignalListener | None = None
+    redactor: Redactor = NO_SECRETS  # the engine sets the run's; applied to logs and outcomes
+    max_log_bytes: int = DEFAULT_MAX_LOG  # per stream of an attempt (settings.max_log_bytes)
 
     def start(
         self,

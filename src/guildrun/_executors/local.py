@@ -23,26 +23,59 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import psutil
 
+from .. import _reaper
+from .._clock import Clock
+from .._errors import GuildrunError
+from .._logcap import CappedFile
 from .._monitor import Monitor, Sample
-from .base import Ending, Executor, InstanceSpec, Job, Outcome
+from .._safeio import NotARegularFile, read_head, read_regular
+from .._secrets import Redactor, Stream
+from .base import (
+    DEFAULT_MAX_LOG,
+    Ending,
+    Executor,
+    InstanceSpec,
+    Job,
+    Outcome,
+    SignalListener,
+    SpawnListener,
+)
 
 RESULT_LIMIT = 1 << 20  # a result kept in the journal is cut at 1 MiB
 
 
 def read_result(job: Job, stdout_fallback: bool) -> str | None:
-    """The task's result: the file it wrote to $GUILDRUN_RESULT, else its stdout."""
+    """The task's result: the file it wrote to $GUILDRUN_RESULT, else its stdout.
+
+    Raises `NotARegularFile` when the task put a FIFO, a device or a link there: the
+    read never blocks and never follows it.
+    """
     for path in (job.context.result_path, job.stdout_path if stdout_fallback else None):
         # A stat is far cheaper than a raised FileNotFoundError on the hot path.
-        if path is None or not path.exists():
+        if path is None or not (path.exists() or path.is_symlink()):
             continue
-        with path.open("rb") as fh:
-            data = fh.read(RESULT_LIMIT)
+        try:
+            data = read_head(path, RESULT_LIMIT)
+        except FileNotFoundError:
+            continue
         return data.decode("utf-8", errors="replace")
     return None
+
+
+def _result_or_failure(job: Job, outcome: Outcome) -> Outcome:
+    """Fill a successful outcome's result; a result path that is no file fails it."""
+    try:
+        result = read_result(job, stdout_fallback=False)
+    except NotARegularFile as exc:
+        outcome.status, outcome.error = Ending.FAILED, f"$GUILDRUN_RESULT: {exc}"
+        return outcome
+    if result is not None:
+        outcome.result = result
+    return outcome
 
 
 class _Sink:
@@ -53,11 +86,21 @@ class _Sink:
     in memory, so stdout as a result needs no read back.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, path: Path) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fd: int,
+        path: Path,
+        secrets: Stream,
+        limit: int = DEFAULT_MAX_LOG,
+    ) -> None:
         self.loop = loop
         self.fd = fd
         self.path = path
-        self.out = -1
+        self.secrets = secrets  # what reaches the file has no secret in it
+        self.limit = limit  # head and tail kept, the middle cut (_logcap)
+        self.out: CappedFile | None = None
+        self.broken = False
         self.kept = bytearray()
         os.set_blocking(fd, False)
         loop.add_reader(fd, self._read)
@@ -73,11 +116,20 @@ class _Sink:
             self.close()
 
     def _write(self, data: bytes) -> None:
-        if self.out < 0:
-            self.out = os.open(self.path, _OUT_FLAGS | os.O_CLOEXEC, 0o644)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.out, view) :]
+        data = self.secrets.feed(data)
+        if data:
+            self._put(data)
+
+    def _put(self, data: bytes) -> None:
+        if not self.broken:
+            try:
+                if self.out is None:
+                    self.out = CappedFile(self.path, self.limit)
+                self.out.write(data)
+            except OSError:
+                # A task put a link or a FIFO where its log goes: the log is lost, the
+                # pipe is still drained so the task never blocks on it.
+                self.broken = True
         room = RESULT_LIMIT - len(self.kept)
         if room > 0:
             self.kept += data[:room]
@@ -99,9 +151,45 @@ class _Sink:
             self.loop.remove_reader(self.fd)
             os.close(self.fd)
             self.fd = -1
-        if self.out >= 0:
-            os.close(self.out)
-            self.out = -1
+        rest = self.secrets.flush()
+        if rest:
+            self._put(rest)
+        if self.out is not None:
+            with contextlib.suppress(OSError):
+                self.out.close()
+            self.out = None
+
+
+class _AgentLog:
+    """An agent CLI's log, written line by line by `follow`: secrets masked, size capped."""
+
+    def __init__(self, path: Path, secrets: Stream, limit: int) -> None:
+        self.path, self.secrets, self.limit = path, secrets, limit
+        self.out: CappedFile | None = None
+        with contextlib.suppress(OSError):
+            self.out = CappedFile(path, limit)
+
+    def write(self, data: bytes) -> int:
+        self._put(self.secrets.feed(data))
+        return len(data)
+
+    def _put(self, data: bytes) -> None:
+        if not data:
+            return
+        with contextlib.suppress(OSError):  # a link or FIFO planted there: the log is lost
+            if self.out is None:
+                self.out = CappedFile(self.path, self.limit)
+            self.out.write(data)
+
+    def flush(self) -> None:
+        """Every write is already in the file."""
+
+    def close(self) -> None:
+        self._put(self.secrets.flush())
+        if self.out is not None:
+            with contextlib.suppress(OSError):
+                self.out.close()
+            self.out = None
 
 
 class LocalExecutor(Executor):
@@ -127,6 +215,18 @@ class LocalExecutor(Executor):
         self._instance_env: dict[str, dict[bytes, bytes]] = {}
         self._groups: dict[str, int] = {}  # running task -> process group
         self._state_root: Path | None = None  # agents' private CLI state, per instance
+        self._run_id: str | None = None
+        self._subreaper = False
+
+    def start(
+        self,
+        clock: Clock,
+        on_spawn: SpawnListener | None = None,
+        on_signal: SignalListener | None = None,
+    ) -> None:
+        super().start(clock, on_spawn, on_signal)
+        # Orphans of our tasks become our children, so none escapes the sweep at its end.
+        self._subreaper = _reaper.become_subreaper()
 
     def open_instance(self, spec: InstanceSpec) -> None:
         env = self._env.get(spec.specialist)
@@ -141,10 +241,17 @@ class LocalExecutor(Executor):
 
     async def run(self, job: Job) -> Outcome:
         if job.agent is not None:
-            return await self._agent(job)
-        if job.argv is None:
-            return await self._call(job)
-        return await self._command(job)
+            outcome = await self._agent(job)
+        elif job.argv is None:
+            outcome = await self._call(job)
+        else:
+            outcome = await self._command(job)
+        # What a task said (its result, its error) is shown and stored: no secret in it.
+        outcome.result = self.redactor.maybe(outcome.result)
+        outcome.error = self.redactor.maybe(outcome.error)
+        if self.redactor:
+            _scrub(job.context.result_path, self.redactor)
+        return outcome
 
     def _env_for(self, job: Job) -> dict[bytes, bytes]:
         ctx = job.context
@@ -186,7 +293,11 @@ class LocalExecutor(Executor):
         os.close(err_w)
         # We reap the pid ourselves below; tell Popen so it does not try again.
         pid, proc.returncode = proc.pid, 0
-        sinks = (_Sink(loop, out_r, job.stdout_path), _Sink(loop, err_r, job.stderr_path))
+        secrets = self.redactor
+        sinks = (
+            _Sink(loop, out_r, job.stdout_path, secrets.stream(), self.max_log_bytes),
+            _Sink(loop, err_r, job.stderr_path, secrets.stream(), self.max_log_bytes),
+        )
         task = job.context.task_id
         self._groups[task] = pid
         if self.on_spawn is not None:
@@ -218,6 +329,11 @@ class LocalExecutor(Executor):
             loop.remove_reader(pidfd)
             os.close(pidfd)
             _kill_group(pid, signal.SIGKILL)
+            # What left the group (setsid, setpgid, a double fork) is found and killed,
+            # while the leader is still an unreaped zombie: its pid, the task's session
+            # id, cannot have been given to anyone else.
+            self._run_id = job.context.run_id
+            _reaper.sweep(job.context.run_id, task, pid, {pid, *self._groups.values()})
             # The pidfd said it exited: this waitpid returns at once.
             code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])  # noqa: ASYNC222
             for sink in sinks:
@@ -226,12 +342,11 @@ class LocalExecutor(Executor):
         if status is Ending.DONE and code != 0:
             status = Ending.FAILED
             error = f"exit status {code}" if code > 0 else f"killed by signal {-code}"
-        result = None
+        outcome = Outcome(status, started, ended, exit_code=code, error=error, pgid=pid)
         if status is Ending.DONE:
-            result = read_result(job, stdout_fallback=False)
-            if result is None:
-                result = sinks[0].kept.decode("utf-8", errors="replace")
-        return Outcome(status, started, ended, exit_code=code, error=error, result=result, pgid=pid)
+            outcome.result = sinks[0].kept.decode("utf-8", errors="replace")
+            _result_or_failure(job, outcome)
+        return outcome
 
     async def _call(self, job: Job) -> Outcome:
         """Call the specialist's function with the TaskContext; a string it returns is
@@ -258,16 +373,19 @@ class LocalExecutor(Executor):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            with job.stderr_path.open("w") as fh:
-                traceback.print_exception(exc, file=fh)
+            trace = "".join(traceback.format_exception(exc))
+            job.stderr_path.write_text(self.redactor.text(trace))
             return Outcome(
                 Ending.FAILED, started, clock.now(), error=f"{type(exc).__name__}: {exc}"
             )
-        ended = clock.now()
-        result = value if isinstance(value, str) else read_result(job, stdout_fallback=False)
-        if result is None and value is not None:
-            result = str(value)
-        return Outcome(Ending.DONE, started, ended, result=result)
+        outcome = Outcome(Ending.DONE, started, clock.now())
+        if isinstance(value, str):
+            outcome.result = value
+            return outcome
+        _result_or_failure(job, outcome)
+        if outcome.ok and outcome.result is None and value is not None:
+            outcome.result = str(value)
+        return outcome
 
     # ------------------------------------------------------------ agent CLIs
 
@@ -333,7 +451,14 @@ class LocalExecutor(Executor):
                 self.on_signal(task, sig)
 
         timed_out = False
-        with job.stdout_path.open("wb") as out, job.stderr_path.open("wb") as err:
+        logs = (
+            _AgentLog(job.stdout_path, self.redactor.stream(), self.max_log_bytes),
+            _AgentLog(job.stderr_path, self.redactor.stream(), self.max_log_bytes),
+        )
+        with contextlib.ExitStack() as closing:
+            for log in logs:
+                closing.callback(log.close)
+            out, err = (cast(BinaryIO, log) for log in logs)
             following = asyncio.ensure_future(
                 follow(proc, reader, heard, stdout_log=out, stderr_log=err)
             )
@@ -350,6 +475,9 @@ class LocalExecutor(Executor):
             finally:
                 self._groups.pop(task, None)
                 _kill_group(pid, signal.SIGKILL)
+                # What left the group is found and killed (the leader is asyncio's to reap).
+                self._run_id = ctx.run_id
+                _reaper.sweep(ctx.run_id, task, pid, {pid, *self._groups.values()})
             try:
                 # The pipes close once every process holding them is gone: bounded anyway.
                 stderr_tail = await asyncio.wait_for(following, timeout=10)
@@ -376,11 +504,6 @@ class LocalExecutor(Executor):
             session_id=verdict.session_id or session,
         )
 
-    def close(self) -> None:
-        if self._state_root is not None:
-            shutil.rmtree(self._state_root, ignore_errors=True)
-            self._state_root = None
-
     # ------------------------------------------------------------ resources and leftovers
 
     def sample(self, now: float) -> Sample | None:
@@ -395,6 +518,16 @@ class LocalExecutor(Executor):
     def stop(self, groups: set[int], grace: float) -> None:
         stop_groups(groups, grace)
 
+    def close(self) -> None:
+        if self._state_root is not None:
+            shutil.rmtree(self._state_root, ignore_errors=True)
+            self._state_root = None
+        if self._run_id is not None:
+            _reaper.sweep(self._run_id, None, None, set(self._groups.values()))
+        if self._subreaper:
+            self._subreaper = False
+            _reaper.release_subreaper()
+
 
 _AGENT_ENDINGS = {
     "done": Ending.DONE,
@@ -406,7 +539,22 @@ _AGENT_ENDINGS = {
     "error": Ending.ERROR,
 }
 
-_OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+_SCRUB_LIMIT = 64 << 20
+
+
+def _scrub(path: Path, redactor: Redactor) -> None:
+    """The task's own result file is kept under .guildrun: without its secrets."""
+    try:
+        data = read_regular(path, _SCRUB_LIMIT)
+    except (OSError, GuildrunError):
+        return  # absent, or not a file guildrun reads (the attempt failed for it)
+    text = data.decode("utf-8", errors="surrogateescape")
+    clean = redactor.text(text)
+    if clean != text:
+        with contextlib.suppress(OSError):  # never through a link planted meanwhile
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(clean.encode("utf-8", errors="surrogateescape"))
 
 
 @functools.lru_cache(maxsize=256)

@@ -33,6 +33,7 @@ class Check:
     # Undone, but nobody can be blamed: path -> the tasks that may have made the change.
     stray: dict[str, list[str]] = field(default_factory=dict)
     conflicts: dict[str, str] = field(default_factory=dict)  # task -> why its patch did not merge
+    unsafe: dict[str, str] = field(default_factory=dict)  # task -> why its files are unsafe
 
 
 class Workspace(ABC):

@@ -27,17 +27,26 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._errors import GuildrunError
 from .._git import Git, GitError
 from .._paths import STATE_DIR
+from .._safeio import NotARegularFile, TooLarge, read_regular
 from .base import Check, Manifest, Workspace
 from .ownership import Ownership
+from .protected import Protected
 
-_WRITES = frozenset({"created", "modified", "deleted", "moved", "closed"})
+# "attrib": a chmod, and a new hard link (the link count of the file it names changes).
+_WRITES = frozenset({"created", "modified", "deleted", "moved", "closed", "attrib"})
 _SKIP = (".git", STATE_DIR)
+FOLDER = "folder"  # a manifest's value for a folder that exists
+
+
+class Tampered(GuildrunError, OSError):
+    """A snapshot blob no longer has the content its name (its hash) says."""
 
 
 class Store:
@@ -46,6 +55,8 @@ class Store:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.dir = root / STATE_DIR / "objects"
+        self._root_real: Path | None = None
+        self.tampered: list[str] = []  # paths not restored: their snapshot was changed
 
     def _blob(self, digest: str) -> Path:
         return self.dir / digest[:2] / digest[2:]
@@ -61,44 +72,139 @@ class Store:
         return digest
 
     def get(self, digest: str) -> bytes:
-        return self._blob(digest).read_bytes()
+        """A blob, checked against its name: a snapshot a task rewrote under .guildrun
+        is never restored (`Tampered`), so it cannot smuggle content into another
+        task's file through a shared blob."""
+        data = read_regular(self._blob(digest))
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise Tampered(f"{STATE_DIR}/objects/{digest[:2]}/{digest[2:]} was changed")
+        return data
+
+    def read(self, rel: str, folders: dict[str, Path | None] | None = None) -> bytes | None:
+        """A file's content (None: absent, or a folder), read safely: a link is followed
+        only to a regular file inside the root; a FIFO, a device or a socket is never
+        opened for long, and nothing larger than MAX_FILE is read (`NotARegularFile`,
+        `TooLarge`). `folders` caches where each folder really is, for one capture."""
+        path = self.root / rel
+        try:
+            st = path.lstat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if stat_mod.S_ISDIR(st.st_mode):
+            return None
+        root = self._real_root()
+        if stat_mod.S_ISLNK(st.st_mode):
+            real = Path(os.path.realpath(path))
+        else:  # only the folders on the way can lead elsewhere: resolve each once
+            parent, _, name = rel.rpartition("/")
+            cache = folders if folders is not None else {}
+            if parent not in cache:
+                where = Path(os.path.realpath(self.root / parent))
+                cache[parent] = where if where.is_relative_to(root) else None
+            there = cache[parent]
+            real = there / name if there is not None else Path(os.path.realpath(path))
+        if not real.is_relative_to(root):
+            raise NotARegularFile(f"{rel} leads out of the project root (to {real})")
+        try:
+            return read_regular(real)
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # a dangling link: nothing there
+
+    def _real_root(self) -> Path:
+        if self._root_real is None:
+            self._root_real = Path(os.path.realpath(self.root))
+        return self._root_real
+
+    def problem(self, rel: str) -> str | None:
+        """Why guildrun will not read this path as a file (None: it can)."""
+        try:
+            self.read(rel)
+        except (NotARegularFile, TooLarge) as exc:
+            return str(exc).replace(str(self.root) + os.sep, "")
+        except OSError:
+            return None
+        return None
 
     def capture(self, paths: Iterable[str]) -> Manifest:
-        """The current content of `paths` (relative to the root) as a manifest."""
+        """The current content of `paths` (relative to the root) as a manifest. A path
+        that cannot be read safely is left out: it is never restored from here.
+
+        The folders on the way are in it too (`"out/": FOLDER`, or None where there was
+        none), so a rollback removes the folders the attempt made and only those: an
+        empty folder that was there before stays.
+        """
         out: Manifest = {}
+        folders: set[str] = set()
+        real: dict[str, Path | None] = {}
         for rel in paths:
+            parts = rel.split("/")[:-1]
+            folders.update("/".join(parts[: i + 1]) + "/" for i in range(len(parts)))
             try:
-                data = (self.root / rel).read_bytes()
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                out[rel] = None
+                data = self.read(rel, real)
+            except OSError:
                 continue
-            out[rel] = self.put_bytes(data)
+            out[rel] = None if data is None else self.put_bytes(data)
+        for folder in sorted(folders):
+            out[folder] = self.digest_of(folder)
         return out
 
     def digest_of(self, rel: str) -> str | None:
         path = self.root / rel
+        if rel.endswith("/"):  # a folder entry of a manifest
+            return FOLDER if path.is_dir() and not path.is_symlink() else None
         if path.is_symlink():  # never equal to a blob: a link where a file was is a change
             return f"symlink:{path.readlink()}"
         if not real_folders(self.root, rel):
             return "linked-folder"  # reached through a link: not the file it was
         try:
-            return hashlib.sha256(path.read_bytes()).hexdigest()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            return None
+            data = self.read(rel)
+        except OSError as exc:
+            return f"unreadable:{exc}"  # a FIFO or a device where a file was: a change
+        return None if data is None else hashlib.sha256(data).hexdigest()
 
     def restore(self, manifest: Mapping[str, str | None]) -> list[str]:
-        """Make the files what the manifest says; returns the paths that changed."""
+        """Make the files (and folders) what the manifest says; returns what changed."""
         changed: list[str] = []
+        folders = sorted((k for k in manifest if k.endswith("/")), key=lambda k: -k.count("/"))
         for rel, digest in manifest.items():
-            if self.digest_of(rel) == digest:
+            if rel.endswith("/") or self.digest_of(rel) == digest:
                 continue
-            write_file(self.root, rel, None if digest is None else self.get(digest))
+            # Folders are the manifest's to prune (below); without folder entries (an
+            # older journal) a deleted file's emptied folders go, as they always did.
+            try:
+                data = None if digest is None else self.get(digest)
+            except Tampered:
+                self.tampered.append(rel)  # left as it is: nothing trustworthy to put back
+                continue
+            write_file(self.root, rel, data, prune=not folders)
             changed.append(rel)
+        for folder in folders:  # deepest first
+            now = self.digest_of(folder)
+            if now == manifest[folder]:
+                continue
+            path = self.root / folder
+            if manifest[folder] is None:
+                with contextlib.suppress(OSError):
+                    path.rmdir()  # made by the attempt; kept if something else is in it
+            else:
+                _clear_way(self.root, folder.rstrip("/"))
+                path.mkdir(parents=True, exist_ok=True)
+            changed.append(folder)
         return changed
 
 
-def write_file(root: Path, rel: str, data: bytes | None, *, link: str | None = None) -> None:
-    """Write (or with None, delete) one file atomically, pruning folders it leaves empty.
+def write_file(
+    root: Path,
+    rel: str,
+    data: bytes | None,
+    *,
+    link: str | None = None,
+    prune: bool = True,
+    keep: Container[str] = (),
+    mode: int = 0o644,
+) -> None:
+    """Write (or with None, delete) one file atomically, pruning folders it leaves empty
+    (with `prune`; never a folder in `keep`: one that was there before).
 
     Never writes through a link: a folder on the way that an agent replaced with a link
     leaving the root is removed and made again, and whatever stands at the path itself
@@ -109,7 +215,9 @@ def write_file(root: Path, rel: str, data: bytes | None, *, link: str | None = N
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         parent = path.parent
-        while parent != root:
+        while prune and parent != root:
+            if os.path.relpath(parent, root).replace(os.sep, "/") in keep:
+                break
             try:
                 parent.rmdir()
             except OSError:
@@ -128,7 +236,7 @@ def write_file(root: Path, rel: str, data: bytes | None, *, link: str | None = N
         else:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data or b"")
-            tmp.chmod(0o644)
+            tmp.chmod(mode)
         tmp.replace(path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -163,8 +271,9 @@ def _clear_way(root: Path, rel: str) -> Path:
     return path
 
 
-def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """Every regular file below root except .git and .guildrun, with its stat."""
+def walk(root: Path, folders: set[str] | None = None) -> Iterator[tuple[str, os.stat_result]]:
+    """Every regular file below root except .git and .guildrun, with its stat (and each
+    folder on the way into `folders`)."""
     stack = [root]
     while stack:
         folder = stack.pop()
@@ -178,6 +287,8 @@ def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
             try:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(Path(entry.path))
+                    if folders is not None:
+                        folders.add(os.path.relpath(entry.path, root).replace(os.sep, "/"))
                 elif entry.is_file(follow_symlinks=False) or entry.is_symlink():
                     rel = os.path.relpath(entry.path, root).replace(os.sep, "/")
                     yield rel, entry.stat(follow_symlinks=False)
@@ -190,12 +301,15 @@ class Stat:
     size: int
     mtime_ns: int
     link: str | None = None  # the target, for a symlink
+    mode: int = 0  # permission bits: a chmod is a change too
+    ino: int = 0  # to find the other names of a file a task hard-linked
 
     @classmethod
     def of(cls, st: os.stat_result, path: str | Path | None = None) -> Stat:
+        mode = stat_mod.S_IMODE(st.st_mode)
         if path is not None and stat_mod.S_ISLNK(st.st_mode):
-            return cls(st.st_size, st.st_mtime_ns, str(Path(path).readlink()))
-        return cls(st.st_size, st.st_mtime_ns)
+            return cls(st.st_size, st.st_mtime_ns, str(Path(path).readlink()), 0, st.st_ino)
+        return cls(st.st_size, st.st_mtime_ns, None, mode, st.st_ino)
 
 
 class Baseline:
@@ -208,6 +322,7 @@ class Baseline:
         self.content: dict[str, str] = {}  # path -> blob, for files not recoverable from git
         self.git_blobs: dict[str, str] = {}  # path -> git blob id at HEAD, for clean files
         self._keys: list[str] | None = None
+        self.folders: set[str] = set()  # folders at run start: a stray undo never prunes them
         self.pack = Pack(root / STATE_DIR / "baseline.db")
 
     @classmethod
@@ -216,7 +331,7 @@ class Baseline:
         self.pack.clear()
         tracked, dirty = _git_state(root)
         to_copy: list[str] = []
-        for rel, st in walk(root):
+        for rel, st in walk(root, self.folders):
             self.index[rel] = Stat.of(st, root / rel)
             if self.index[rel].link is not None:
                 continue
@@ -249,6 +364,8 @@ class Baseline:
             return False
         if now.link is not None or before.link is not None:
             return now.link != before.link
+        if now.mode != before.mode:
+            return True
         old = self.content.get(rel) or self._git_digest(rel)
         return old != self.store.digest_of(rel)
 
@@ -294,9 +411,14 @@ class Baseline:
     def restore(self, rel: str) -> None:
         before = self.index.get(rel)
         if before is not None and before.link is not None:
-            write_file(self.root, rel, None, link=before.link)
+            write_file(self.root, rel, None, link=before.link, keep=self.folders)
         else:
-            write_file(self.root, rel, self.original(rel))
+            mode = before.mode if before is not None else 0o644
+            try:
+                data = self.original(rel)
+            except Tampered:
+                return  # its copy was rewritten: nothing trustworthy to put back
+            write_file(self.root, rel, data, keep=self.folders, mode=mode)
         self.accept(rel)
 
     def accept(self, rel: str) -> None:
@@ -342,7 +464,7 @@ class Pack:
         held = 0
         for rel in rels:
             try:
-                data = (root / rel).read_bytes()
+                data = read_regular(root / rel)
             except OSError:
                 continue
             digest = hashlib.sha256(data).hexdigest()
@@ -365,7 +487,10 @@ class Pack:
         row = self.db.execute("SELECT data FROM blobs WHERE digest=?", (digest,)).fetchone()
         if row is None:
             raise KeyError(f"no blob {digest} in {self.db}")
-        return bytes(row[0])
+        data = bytes(row[0])
+        if hashlib.sha256(data).hexdigest() != digest:  # a task rewrote the cache
+            raise Tampered(f"{self.path.name}: the copy of a file was changed")
+        return data
 
     def clear(self) -> None:
         """Start empty: a pack left damaged by a power loss is never read again."""
@@ -508,11 +633,14 @@ class SharedTree(Workspace):
         self._ran_since_check: set[str] = set()
         self._carry: set[str] = set()
         self._pending: dict[str, set[str]] = {}  # unowned change -> who may have made it
+        self.protected: list[Protected] = []  # .git's config, hooks and info: nobody's
 
     def open(self) -> list[str]:
         if not self.checking:
             return []
         self.baseline = Baseline.take(self.root, self.store)
+        git = Protected.git(self.root)
+        self.protected = [git] if git is not None else []
         try:
             self.watcher = Watcher(self.root)
         except OSError as exc:
@@ -565,10 +693,22 @@ class SharedTree(Workspace):
             if owners:
                 for t in owners:
                     out.touched[t].append(path)
+                    # A hard link to another file: writing it wrote that file too.
+                    for other in self._other_names(path):
+                        if not rules.allowed(t, other):
+                            self._pending.setdefault(other, set()).update(suspects)
                 continue
             self._pending.setdefault(path, set()).update(suspects)
         self._ran_since_check = set(running)
         self._judge(out, set(ended), set(running))
+        self._guard(out, suspects, set(ended))
+        for t in ended:
+            # An owned file turned into a FIFO, a device or a link out of the root cannot
+            # be kept (guildrun would hang or read forever on it): the attempt fails.
+            own = {*out.touched[t], *(self._before.get(t) or {})}
+            problems = [p for p in map(self.store.problem, sorted(own)) if p]
+            if problems:
+                out.unsafe[t] = "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "")
         return out
 
     def _not_a_change(self, path: str) -> bool:
@@ -593,6 +733,32 @@ class SharedTree(Workspace):
                 out.violations.setdefault(next(iter(who)), []).append(path)
             else:
                 out.stray[path] = sorted(who)
+
+    def _other_names(self, rel: str) -> list[str]:
+        """The other names, at run start, of the file `rel` now is (a task made it a hard
+        link to them); empty for a file with one name."""
+        assert self.baseline is not None
+        try:
+            st = (self.root / rel).lstat()
+        except OSError:
+            return []
+        if st.st_nlink < 2 or not stat_mod.S_ISREG(st.st_mode):
+            return []
+        return [p for p, s in self.baseline.index.items() if s.ino == st.st_ino and p != rel]
+
+    def _guard(self, out: Check, suspects: set[str], ended: set[str]) -> None:
+        """Protected places (git's config, hooks, info) changed: put back at once, and
+        blamed like any unowned change: on the one task that ran, else on nobody."""
+        for guard in self.protected:
+            hit = guard.changed()
+            if not hit:
+                continue
+            guard.restore(hit)
+            if len(suspects) == 1 and suspects <= ended:
+                out.violations.setdefault(next(iter(suspects)), []).extend(hit)
+            else:
+                for path in hit:
+                    out.stray[path] = sorted(suspects)
 
     def _rescan(self) -> set[str]:
         assert self.baseline is not None
