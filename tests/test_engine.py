@@ -297,8 +297,9 @@ def test_timeout_kills_the_whole_process_group(project: Path) -> None:
         settings=guildrun.Settings(kill_grace=0.5),
         specialists={
             "w": Specialist(
-                run=["sh", "-c", "sleep 60 & echo $! > grandchild.pid; trap '' TERM; wait"],
-                writes=["grandchild.pid"],
+                # Outside the project: a failed attempt's own writes are rolled back.
+                run=["sh", "-c", 'sleep 60 & echo $! > "$PIDFILE"; trap "" TERM; wait'],
+                env={"PIDFILE": str(project.parent / "grandchild.pid")},
             )
         },
         tasks=[Task(id="slow", specialist="w", timeout=1)],
@@ -307,7 +308,7 @@ def test_timeout_kills_the_whole_process_group(project: Path) -> None:
     summary = guildrun.run(plan, root=project)
     assert time.monotonic() - start < 30
     assert summary.failed == 1 and "timed out" in (summary.tasks[0].cause or "")
-    pid = int((project / "grandchild.pid").read_text())
+    pid = int((project.parent / "grandchild.pid").read_text())
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
         stat = Path(f"/proc/{pid}/stat").read_text().split()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import signal
 import time
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 PGID_FLUSH_S = 0.2
 JOURNAL_NAME = f"{STATE_DIR}/journal.db"
 DEFAULT_RATE_LIMIT_WAIT = 5.0  # seconds, when a provider says "later" without saying when
+MAX_RATE_LIMIT_WAIT = 600.0  # the longest one hold lasts, whatever the provider says
 
 
 @runtime_checkable
@@ -218,8 +220,9 @@ class Engine:
             if spec.agent is not None
         }
         self._instance_session: dict[str, str] = {}  # instance -> its last session
-        self._task_session: dict[str, tuple[str, str]] = {}  # task -> (instance, session)
-        self._held_until: dict[str, float] = {}  # provider -> end of its rate-limit wait
+        self._held_until: dict[str, float] = {}  # provider -> end of its wait (loop time)
+        self._limited: set[tuple[str, int]] = set()  # attempts already counted as limited
+        self._timers: list[asyncio.TimerHandle] = []  # cancelled when the run ends
         self.rate_limited = 0
         self.spent_usd = 0.0
         self.spent_tokens = 0
@@ -243,6 +246,9 @@ class Engine:
         self.executor.start(self.clock, self._spawned, self._heard)
         if self.resume is not None:
             self.spent_usd, self.spent_tokens, _ = self.journal.spend(self.run_id)
+            for a in self.journal.attempts(self.run_id):  # tries that did not count stay so
+                if a["status"] == Ending.RATE_LIMITED:
+                    self.free_attempts[a["task_id"]] = self.free_attempts.get(a["task_id"], 0) + 1
         try:
             return await self._execute()
         except Exception as exc:
@@ -254,6 +260,8 @@ class Engine:
                 self.journal.end_run(self.run_id, "interrupted", self.clock.now())
             raise
         finally:
+            for timer in self._timers:
+                timer.cancel()  # a backoff or a hold must not fire into a closed journal
             self.workspace.close()
             self.executor.close()
 
@@ -482,10 +490,11 @@ class Engine:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        stopped = list(self._running)
         now = self.clock.now()
         with self.journal.transaction() as committed:
             self._write_pgids()
-            for task_id in list(self._running):
+            for task_id in stopped:
                 attempt = self.attempt_no[task_id]
                 with self.timings("rollback"):
                     self.workspace.undo(task_id)
@@ -505,6 +514,24 @@ class Engine:
                 )
         self._running.clear()
         self.reporter.events(committed)
+        # Unowned changes still waiting for their suspects are judged now: nothing runs.
+        try:
+            with self.timings("ownership"):
+                stray = self.workspace.check(stopped, set()).stray
+        except Exception:  # judging must not keep a stopping run from ending
+            stray = {}
+        if stray:
+            with self.journal.transaction() as committed:
+                for paths, suspects in _by_suspects(stray):
+                    self.journal.event(
+                        self.run_id,
+                        Event(
+                            EventKind.STRAY_CHANGES_UNDONE,
+                            self.clock.now(),
+                            data={"paths": paths, "running": suspects},
+                        ),
+                    )
+            self.reporter.events(committed)
 
     # ------------------------------------------------------------ outcomes
 
@@ -578,7 +605,7 @@ class Engine:
                     self.extra_files[tid] = extra
                     data["extra_files"] = extra
                 owned += extra
-            after = self.workspace.accept(tid, spec.files, {*owned, *touched})
+            after = self.workspace.accept(tid, spec.files, {*touched, *owned[len(spec.files) :]})
             if after is not None:
                 self.journal.snapshot_after(rid, tid, attempt, after)
             self.journal.completed(rid, tid, attempt, o.ended)
@@ -587,7 +614,7 @@ class Engine:
             return self.scheduler.finish(tid, True)
         # Every failed attempt leaves the files as they were before it.
         with self.timings("rollback"):
-            self.workspace.undo(tid, extra=touched if widened else ())
+            self.workspace.undo(tid, extra=touched)
         if isinstance(verdict, RunAlone):
             self.ownership.widened.add(tid)
             self.journal.task_ended(rid, tid, "waiting", o.ended, cause=o.error)
@@ -603,7 +630,8 @@ class Engine:
                 self._throttle(spec.specialist, verdict.throttle, tid)
             self.journal.task_ended(rid, tid, "retrying", o.ended, cause=o.error)
             self.journal.event(rid, Event(EventKind.TASK_RETRY, o.ended, task=tid, data=data))
-            asyncio.get_running_loop().call_later(verdict.delay, self._wake, tid)
+            delay = verdict.delay if math.isfinite(verdict.delay) else DEFAULT_RATE_LIMIT_WAIT
+            self._timers.append(asyncio.get_running_loop().call_later(delay, self._wake, tid))
             return self.scheduler.finish(tid, False, retry=True)
         assert isinstance(verdict, Fail)
         self.journal.task_ended(rid, tid, "failed", o.ended, cause=o.error)
@@ -781,16 +809,15 @@ class Engine:
     # ------------------------------------------------------------ agents
 
     def _session_for(self, task: str, instance: str) -> str | None:
-        """The agent session a task continues: its own after a rate limit (partial work is
-        kept), else with `keep_context` its instance's previous one. Sessions live in an
-        instance's private state, so only on that instance."""
+        """With `keep_context`, the session an instance's previous (done) task left: the
+        next task of that specialist builds on what the agent already read. Sessions live
+        in an instance's private state, so only on that instance."""
         spec = self.plan.specialists[self.plan.by_id[task].specialist]
         if spec.agent is None:
             return None
-        own = self._task_session.get(task)
-        if own is not None and own[0] == instance:
-            return own[1]
-        return self._instance_session.get(instance) if spec.keep_context else None
+        if not spec.keep_context or instance.rpartition("#")[0] != spec.name:
+            return None  # a helper's instance runs another agent: none of its sessions
+        return self._instance_session.get(instance)
 
     def _spent(self, tid: str, attempt: int, o: Outcome) -> None:
         self.journal.attempt_spend(
@@ -804,11 +831,14 @@ class Engine:
         )
         self.spent_usd += o.cost_usd or 0.0
         self.spent_tokens += o.tokens or 0
-        if o.session_id is not None:
-            instance = self.scheduler.instance_of.get(self.plan.by_id[tid].index)
-            if instance is not None:
+        # A session is continued only after work that was kept: a failed or rate-limited
+        # attempt's files are rolled back, and an agent resuming it would believe edits
+        # that are no longer there.
+        if o.session_id is not None and o.status is Ending.DONE:
+            task = self.plan.by_id[tid]
+            instance = self.scheduler.instance_of.get(task.index)
+            if instance is not None and instance.rpartition("#")[0] == task.specialist:
                 self._instance_session[instance] = o.session_id
-                self._task_session[tid] = (instance, o.session_id)
 
     def _heard(self, task: str, sig: Signal) -> None:
         """An agent reported something while it runs: a rate limit throttles its provider
@@ -825,13 +855,20 @@ class Engine:
         provider = self._providers.get(specialist)
         if provider is None:
             return
+        attempt = (task, self.attempt_no.get(task, 0))
+        if attempt in self._limited:
+            return  # the live signal already throttled for this attempt's ending
+        self._limited.add(attempt)
         self.rate_limited += 1
-        wait = (delay if delay is not None else DEFAULT_RATE_LIMIT_WAIT) * (
-            1 + self.rng.uniform(0, 0.25)
-        )
+        # A provider's figure is bounded: NaN, infinite or a day's quota must not hold a
+        # run forever (the task's own retries carry on past it).
+        if delay is None or not math.isfinite(delay) or delay < 0:
+            delay = DEFAULT_RATE_LIMIT_WAIT
+        wait = min(delay, MAX_RATE_LIMIT_WAIT) * (1 + self.rng.uniform(0, 0.25))
+        loop = asyncio.get_running_loop()
         now = self.clock.now()
-        until = now + wait
-        fresh = self._held_until.get(provider, 0.0) <= now  # not already waiting
+        until = loop.time() + wait  # the loop's clock: a wall clock step cannot strand it
+        fresh = self._held_until.get(provider, 0.0) <= loop.time()  # not already waiting
         names = [s for s, p in self._providers.items() if p == provider]
         limits: dict[str, int] = {}
         for name in names:
@@ -842,7 +879,7 @@ class Engine:
             limits[name] = limiter.total_tokens
         if until > self._held_until.get(provider, 0.0):
             self._held_until[provider] = until
-            asyncio.get_running_loop().call_later(wait, self._release, provider, until)
+            self._timers.append(loop.call_later(wait, self._release, provider, until))
         self.journal.event(
             self.run_id,
             Event(

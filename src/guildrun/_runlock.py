@@ -13,10 +13,12 @@ journal and keeps it through the run.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +27,18 @@ from ._errors import UsageError
 from ._liveness import lock_path
 from ._statedir import ensure_state_dir
 
-_held: dict[Path, list[int]] = {}  # lock file -> [fd, depth], in this process
+_held: dict[Path, list[int]] = {}  # lock file -> [fd, depth, owner], in this process
+
+
+def _owner() -> int:
+    """Who holds a lock inside this process: the asyncio task, else the thread. Only the
+    same one may take it again (a resume holding it through its run), never a second
+    run started beside the first in the same process."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        task = None
+    return id(task) if task is not None else threading.get_ident()
 
 
 def _holder(fd: int) -> str:
@@ -48,7 +61,7 @@ def run_lock(root: Path, run_id: str) -> Iterator[None]:
     """Hold the root's engine lock, or refuse at once naming who holds it."""
     ensure_state_dir(root)
     path = lock_path(root).resolve()
-    if path in _held:
+    if path in _held and _held[path][2] == _owner():
         held = _held[path]
         held[1] += 1
         _name(held[0], run_id)  # a resume learns its run id after it took the lock
@@ -68,7 +81,7 @@ def run_lock(root: Path, run_id: str) -> Iterator[None]:
                 "and 'guildrun resume' later"
             ) from None
         _name(fd, run_id)
-        _held[path] = [fd, 1]
+        _held[path] = [fd, 1, _owner()]
         try:
             yield
         finally:

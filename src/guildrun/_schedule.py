@@ -833,6 +833,8 @@ class Scheduler:
                 for other in others:
                     if self._ready_count[other] == 0:
                         continue
+                    if self.limiters[other].paused:
+                        continue  # the task runs its own agent: its provider said "wait"
                     if any(x.idle for x in self.instances[other]):
                         continue  # the owner can take it itself
                     victims = sorted(

@@ -407,6 +407,9 @@ class LocalExecutor(Executor):
         spec, ctx, clock = job.agent, job.context, self.clock
         preset = PRESETS[spec.agent]
         started = clock.now()
+        # Everything that can fail is made before the agent starts: a process is never
+        # left running because a log could not be opened.
+        logs: tuple[_AgentLog, ...] = ()
         try:
             inv = preset.invocation(
                 spec,
@@ -418,6 +421,11 @@ class LocalExecutor(Executor):
             )
             env = self._env_for(job)
             env.update({os.fsencode(k): os.fsencode(v) for k, v in inv.env.items()})
+            reader = preset.reader(spec)
+            logs = (
+                _AgentLog(job.stdout_path, self.redactor.stream(), self.max_log_bytes),
+                _AgentLog(job.stderr_path, self.redactor.stream(), self.max_log_bytes),
+            )
             proc = await asyncio.create_subprocess_exec(
                 *inv.argv,
                 cwd=ctx.workdir,
@@ -428,15 +436,17 @@ class LocalExecutor(Executor):
                 start_new_session=True,
             )
         except (OSError, ValueError) as exc:
+            for log in logs:
+                log.close()
             msg = f"cannot start {spec.agent}: {getattr(exc, 'strerror', None) or exc}"
-            job.stderr_path.write_text(msg + "\n")
+            with contextlib.suppress(OSError):
+                job.stderr_path.write_text(msg + "\n")
             return Outcome(Ending.ERROR, started, clock.now(), error=msg)
         pid = proc.pid
         task = ctx.task_id
         self._groups[task] = pid
         if self.on_spawn is not None:
             self.on_spawn(task, ctx.attempt, pid)
-        reader = preset.reader(spec)
         session: str | None = None
         refused = False
 
@@ -451,10 +461,6 @@ class LocalExecutor(Executor):
                 self.on_signal(task, sig)
 
         timed_out = False
-        logs = (
-            _AgentLog(job.stdout_path, self.redactor.stream(), self.max_log_bytes),
-            _AgentLog(job.stderr_path, self.redactor.stream(), self.max_log_bytes),
-        )
         with contextlib.ExitStack() as closing:
             for log in logs:
                 closing.callback(log.close)

@@ -771,7 +771,9 @@ class SharedTree(Workspace):
     def accept(self, task: str, files: Sequence[str], touched: Iterable[str]) -> Manifest | None:
         after = self.store.capture(files) if files else None
         if self.baseline is not None:
-            for path in {*files, *touched}:
+            # Only what the task was seen to change becomes the new baseline: a file it
+            # owns but left alone may hold another task's stray write, still to be judged.
+            for path in touched:
                 self.baseline.accept(path)
         return after
 
