@@ -29,8 +29,10 @@ AGENT = r"""
 import os, sys, time, random
 task = os.environ["GUILDRUN_TASK_ID"]
 prompt = os.environ["GUILDRUN_PROMPT"]
-os.makedirs("starts", exist_ok=True)
-with open(os.path.join("starts", task), "a") as fh:
+# Starts are noted beside the project, not in it: a failed attempt's writes are undone.
+notes = os.environ["GUILDRUN_ROOT"] + ".starts"
+os.makedirs(notes, exist_ok=True)
+with open(os.path.join(notes, task), "a") as fh:
     fh.write(f"{os.environ['GUILDRUN_ATTEMPT']}\n")
 opts = dict(p.split("=", 1) for p in prompt.split() if "=" in p)
 time.sleep(float(opts.get("sleep", "0")))
@@ -72,7 +74,7 @@ def journal(root: Path) -> sqlite3.Connection:
 
 
 def starts(root: Path, task: str) -> int:
-    path = root / "starts" / task
+    path = Path(f"{root}.starts") / task
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
