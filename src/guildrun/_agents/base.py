@@ -145,6 +145,18 @@ class Preset(Protocol):
 # -- helpers shared by the presets --------------------------------------------------
 
 
+def check_agent(
+    spec: AgentSpec, default: str, path_env: str | None, modes: Sequence[str] = ()
+) -> str | None:
+    """A preset's validation: its permission mode is one it knows, its program is there."""
+    if modes and spec.permission_mode is not None and spec.permission_mode not in modes:
+        allowed = ", ".join(modes)
+        return (
+            f"{spec.agent} permission_mode must be one of {allowed}, not {spec.permission_mode!r}"
+        )
+    return check_program(spec, default, path_env)
+
+
 def check_program(spec: AgentSpec, default: str, path_env: str | None) -> str | None:
     """The missing-program error, or None when the program is found."""
     program = spec.program or default

@@ -32,7 +32,7 @@ from .base import (
     SessionStarted,
     Signal,
     Verdict,
-    check_program,
+    check_agent,
     copy_private,
     integer,
     parse_json_line,
@@ -56,10 +56,7 @@ class Codex:
         self.prices = prices
 
     def check(self, spec: AgentSpec, path_env: str | None) -> str | None:
-        if spec.permission_mode is not None and spec.permission_mode not in SANDBOXES:
-            allowed = ", ".join(SANDBOXES)
-            return f"codex permission_mode must be one of {allowed}, not {spec.permission_mode!r}"
-        return check_program(spec, "codex", path_env)
+        return check_agent(spec, "codex", path_env, SANDBOXES)
 
     def invocation(
         self,

@@ -32,7 +32,7 @@ from .base import (
     SessionStarted,
     Signal,
     Verdict,
-    check_program,
+    check_agent,
     copy_private,
     integer,
     parse_json_line,
@@ -62,10 +62,7 @@ class Gemini:
         self.prices = prices
 
     def check(self, spec: AgentSpec, path_env: str | None) -> str | None:
-        if spec.permission_mode is not None and spec.permission_mode not in APPROVAL_MODES:
-            allowed = ", ".join(APPROVAL_MODES)
-            return f"gemini permission_mode must be one of {allowed}, not {spec.permission_mode!r}"
-        return check_program(spec, "gemini", path_env)
+        return check_agent(spec, "gemini", path_env, APPROVAL_MODES)
 
     def invocation(
         self,
