@@ -33,6 +33,9 @@ import psutil
 _PR_SET_CHILD_SUBREAPER = 36
 _lock = threading.Lock()
 _holders = 0  # executors that asked for the subreaper bit, in this process
+# Sessions of the tasks swept so far: a killed member of a task's group may reach us
+# only later, as a zombie whose environment is gone; its session still names the task.
+_sessions: set[int] = set()
 
 
 def _prctl(option: int, value: int) -> bool:
@@ -93,6 +96,13 @@ def _session(pid: int) -> int | None:
     return int(fields[3]) if len(fields) > 3 else None
 
 
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _markers(pid: int) -> tuple[str | None, str | None]:
     """(GUILDRUN_RUN_ID, GUILDRUN_TASK_ID) of a process's environment, where readable."""
     try:
@@ -145,6 +155,8 @@ def sweep(run_id: str, task_id: str | None, session: int | None, keep: set[int])
     killed = 0
     deadline = time.monotonic() + 2.0
     victims: set[int] = set()
+    if session is not None:
+        _sessions.add(session)
     while True:
         found: list[int] = []
         for child in _children() - keep - victims:
@@ -153,6 +165,9 @@ def sweep(run_id: str, task_id: str | None, session: int | None, keep: set[int])
                 continue
             run, task = _markers(child)
             ours = run == run_id and (task_id is None or task == task_id)
+            if task_id is None and sid in _sessions and _zombie(child):
+                ours = True  # closing: a dead member of a task we ran, reaped (never a live
+                # process by its session alone: a session id can be a reused pid)
             if ours or (session is not None and sid == session):
                 found.extend(p for p in _subtree(child) if p not in victims)
         for pid in found:
