@@ -465,19 +465,25 @@ class Journal:
     def snapshot_before(
         self, run_id: str, task: str, attempt: int, manifest: dict[str, str | None]
     ) -> None:
-        self.db.executemany(
-            "INSERT OR REPLACE INTO snapshots(run_id, task_id, attempt, path, before)"
-            " VALUES (?,?,?,?,?)",
-            [(run_id, task, attempt, path, blob) for path, blob in manifest.items()],
-        )
+        # Batched with the step's other rows: one executemany per commit, not one per task.
+        for path, blob in manifest.items():
+            self._write(
+                "INSERT OR REPLACE INTO snapshots(run_id, task_id, attempt, path, before)"
+                " VALUES (?,?,?,?,?)",
+                (run_id, task, attempt, path, blob),
+            )
 
     def snapshot_after(
         self, run_id: str, task: str, attempt: int, manifest: dict[str, str | None]
     ) -> None:
-        self.db.executemany(
-            "UPDATE snapshots SET after=? WHERE run_id=? AND task_id=? AND attempt=? AND path=?",
-            [(blob, run_id, task, attempt, path) for path, blob in manifest.items()],
-        )
+        # Batched too: an attempt's `before` rows went in at an earlier commit (the step
+        # that started it), so they are there to update.
+        for path, blob in manifest.items():
+            self._write(
+                "UPDATE snapshots SET after=? WHERE run_id=? AND task_id=? AND attempt=?"
+                " AND path=?",
+                (blob, run_id, task, attempt, path),
+            )
 
     def snapshot(self, run_id: str, task: str, attempt: int) -> list[sqlite3.Row]:
         return list(
