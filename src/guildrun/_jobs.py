@@ -26,6 +26,11 @@ def safe_name(task_id: str) -> str:
     return f"{clean}-{hashlib.sha1(task_id.encode()).hexdigest()[:8]}"  # noqa: S324
 
 
+def _no_placeholders(ph: tpl.Placeholder) -> str:
+    """The lookup of a prompt with no placeholder, which `render` never calls."""
+    raise AssertionError(f"unexpected placeholder {ph}")
+
+
 class Jobs:
     """Makes the jobs of one run, and keeps the results later prompts may read."""
 
@@ -65,8 +70,11 @@ class Jobs:
             "scope": spec.scope or "",
             "phase": spec.phase,
         }
-        listed = {"files": " ".join(spec.files), "reads": " ".join(spec.reads)}
-        lookup = tpl.simple_lookup({**values, **listed}, self._ref)
+        lookup: tpl.Lookup = _no_placeholders
+        if not all(isinstance(p, str) for p in spec.prompt):
+            # Most prompts hold no placeholder: only those pay for the lookup's tables.
+            listed = {"files": " ".join(spec.files), "reads": " ".join(spec.reads)}
+            lookup = tpl.simple_lookup({**values, **listed}, self._ref)
         prompt = tpl.render(spec.prompt, lookup)
         ctx = TaskContext(
             run_id=self.run_id,

@@ -465,19 +465,25 @@ class Journal:
     def snapshot_before(
         self, run_id: str, task: str, attempt: int, manifest: dict[str, str | None]
     ) -> None:
-        self.db.executemany(
-            "INSERT OR REPLACE INTO snapshots(run_id, task_id, attempt, path, before)"
-            " VALUES (?,?,?,?,?)",
-            [(run_id, task, attempt, path, blob) for path, blob in manifest.items()],
-        )
+        # Batched with the step's other rows: one executemany per commit, not one per task.
+        for path, blob in manifest.items():
+            self._write(
+                "INSERT OR REPLACE INTO snapshots(run_id, task_id, attempt, path, before)"
+                " VALUES (?,?,?,?,?)",
+                (run_id, task, attempt, path, blob),
+            )
 
     def snapshot_after(
         self, run_id: str, task: str, attempt: int, manifest: dict[str, str | None]
     ) -> None:
-        self.db.executemany(
-            "UPDATE snapshots SET after=? WHERE run_id=? AND task_id=? AND attempt=? AND path=?",
-            [(blob, run_id, task, attempt, path) for path, blob in manifest.items()],
-        )
+        # Batched too: an attempt's `before` rows went in at an earlier commit (the step
+        # that started it), so they are there to update.
+        for path, blob in manifest.items():
+            self._write(
+                "UPDATE snapshots SET after=? WHERE run_id=? AND task_id=? AND attempt=?"
+                " AND path=?",
+                (blob, run_id, task, attempt, path),
+            )
 
     def snapshot(self, run_id: str, task: str, attempt: int) -> list[sqlite3.Row]:
         return list(
@@ -626,13 +632,22 @@ class Journal:
     def events(self, run_id: str) -> list[sqlite3.Row]:
         return list(self.db.execute("SELECT * FROM events WHERE run_id=? ORDER BY seq", (run_id,)))
 
-    def events_of(self, run_id: str, *kinds: EventKind) -> list[Event]:
-        """The run's events of these kinds, in order, as `Event`s (data decoded)."""
+    def events_of(self, run_id: str, *kinds: EventKind, having: str | None = None) -> list[Event]:
+        """The run's events of these kinds, in order, as `Event`s (data decoded).
+
+        With `having`, only events whose data may hold that key: SQLite skips the rest
+        (a run has an event per task; decoding them all to find a rare key costs more
+        than the run's own bookkeeping). The caller still checks the key it decoded.
+        """
         marks = ",".join("?" * len(kinds))
+        where, params = f"run_id=? AND kind IN ({marks})", [run_id, *kinds]
+        if having is not None:
+            where += " AND instr(data, ?) > 0"
+            params.append(json.dumps(having))
         rows = self.db.execute(
             f"SELECT time, kind, task, instance, data FROM events"  # noqa: S608 - only marks
-            f" WHERE run_id=? AND kind IN ({marks}) ORDER BY seq",
-            (run_id, *kinds),
+            f" WHERE {where} ORDER BY seq",
+            params,
         )
         return [
             Event(r["kind"], r["time"], r["task"], r["instance"], json.loads(r["data"] or "{}"))

@@ -212,11 +212,12 @@ def summarize(journal: Journal, run_id: str) -> Summary:
     pending = sum(n for s, n in states.items() if s not in ("done", "failed", "skipped"))
     undone: list[Undone] = []
     by_id = {line.id: line for line in lines}
-    for ev in journal.events_of(run_id, EventKind.STRAY_CHANGES_UNDONE, EventKind.TASK_FINISHED):
+    for ev in journal.events_of(run_id, EventKind.STRAY_CHANGES_UNDONE):
         d = ev.data or {}
-        if ev.kind is EventKind.STRAY_CHANGES_UNDONE:
-            undone.append(Undone(list(d.get("paths", [])), list(d.get("running", []))))
-        elif ev.task in by_id and d.get("extra_files"):
+        undone.append(Undone(list(d.get("paths", [])), list(d.get("running", []))))
+    for ev in journal.events_of(run_id, EventKind.TASK_FINISHED, having="extra_files"):
+        d = ev.data or {}
+        if ev.task in by_id and d.get("extra_files"):
             by_id[ev.task].extra_files = list(d["extra_files"])
     baseline = measured_baseline(journal, run)
     usd, tokens, estimated = journal.spend(run_id)
@@ -256,7 +257,13 @@ def workspace_notes(journal: Journal, run_id: str) -> list[str]:
     """What worktree mode said about the run (its base, gates, result, how to apply),
     since it last started or resumed (hand merges in between are kept)."""
     out: list[str] = []
-    for e in journal.events(run_id):
+    # Only the kinds read here: a run holds several events per task, none of them notes.
+    rows = journal.db.execute(
+        "SELECT kind, data FROM events WHERE run_id=?"
+        " AND kind IN ('run_resumed', 'workspace', 'gate') ORDER BY seq",
+        (run_id,),
+    )
+    for e in rows:
         if e["kind"] == "run_resumed":
             out = [n for n in out if "merged by hand" in n]
         elif e["kind"] in ("workspace", "gate") and e["data"]:

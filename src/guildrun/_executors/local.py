@@ -55,8 +55,9 @@ def read_result(job: Job, stdout_fallback: bool) -> str | None:
     read never blocks and never follows it.
     """
     for path in (job.context.result_path, job.stdout_path if stdout_fallback else None):
-        # A stat is far cheaper than a raised FileNotFoundError on the hot path.
-        if path is None or not (path.exists() or path.is_symlink()):
+        # A stat is far cheaper than a raised FileNotFoundError on the hot path; one lstat
+        # answers "exists, or is a (dangling) link" where exists() + is_symlink() took two.
+        if path is None or not _present(path):
             continue
         try:
             data = read_head(path, RESULT_LIMIT)
@@ -64,6 +65,17 @@ def read_result(job: Job, stdout_fallback: bool) -> str | None:
             continue
         return data.decode("utf-8", errors="replace")
     return None
+
+
+def _present(path: Path) -> bool:
+    """Whether anything, a dangling link included, is at `path` (errors as `exists()`)."""
+    try:
+        os.lstat(path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            return False
+        raise
+    return True
 
 
 def _result_or_failure(job: Job, outcome: Outcome) -> Outcome:

@@ -596,7 +596,12 @@ class Watcher:
         self._token += 1
         token = self._token
         barrier = self._barrier_dir / str(token)
-        barrier.write_bytes(b"")
+        # mknod makes the file without opening it: one inotify event ("created") for the
+        # observer thread to turn into Python objects, not three (created, opened, closed).
+        try:
+            os.mknod(barrier, 0o600 | stat_mod.S_IFREG)
+        except FileExistsError:  # left by an engine that was killed: rewriting is seen too
+            barrier.write_bytes(b"")
         deadline = time.monotonic() + timeout
         with self._lock:
             while self._seen_token < token:
