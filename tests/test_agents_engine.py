@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 
-from guildrun.testing import Error, ModelServer, Text, Usage, WriteFile
+from guildrun.testing import Error, Hang, ModelServer, Text, ToolCall, Usage, WriteFile
 
 from .agent_support import clean_env, git_repo, need_cli
 
@@ -186,3 +187,44 @@ def test_the_other_agents_edit_files_through_the_engine(tmp_path: Path, agent: s
     for i in range(2):
         assert (root / f"src/m{i}.py").read_text().strip() == f"X = {i}"
     assert summary["tokens"] > 0
+
+
+def test_a_denied_permission_ends_as_needs_input_with_the_way_to_allow_it(
+    tmp_path: Path,
+) -> None:
+    need_cli("claude")
+    call = ToolCall(
+        "Bash", {"command": "python3 -c \"open('ran.txt','w').write('x')\"", "description": "run"}
+    )
+    with ModelServer() as server:
+        server.script(call, Text("I could not run it."))
+        env = _project(tmp_path, server, 1, retry={"attempts": 3, "base": 0.1})
+        root = Path(env["GUILDRUN_TEST_ROOT"])
+        out = _run(root, env, "run", "plan.yaml")
+    assert out.returncode == 1, out.stderr
+    assert [r["status"] for r in _attempts(root)] == ["needs_input"]  # not retried blindly
+    (failure,) = json.loads(out.stdout)["failures"]
+    assert "Bash" in failure["cause"] and "tools:" in failure["cause"]
+    assert not (root / "ran.txt").exists()
+
+
+def test_a_server_that_never_answers_ends_by_timeout_with_no_process_left(
+    tmp_path: Path,
+) -> None:
+    need_cli("claude")
+    with ModelServer(Hang()) as server:
+        env = _project(tmp_path, server, 1)
+        root = Path(env["GUILDRUN_TEST_ROOT"])
+        plan = yaml.safe_load((root / "plan.yaml").read_text())
+        plan["specialists"]["coder"]["timeout"] = 5
+        (root / "plan.yaml").write_text(yaml.safe_dump(plan))
+        out = _run(root, env, "run", "plan.yaml")
+    assert out.returncode == 1, out.stderr
+    (attempt,) = _attempts(root)
+    assert attempt["status"] == "timeout"
+    leftovers = [
+        p.pid
+        for p in psutil.process_iter(["environ"])
+        if (p.info["environ"] or {}).get("GUILDRUN_RUN_ID") == attempt["run_id"]
+    ]
+    assert leftovers == []

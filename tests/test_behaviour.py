@@ -498,3 +498,32 @@ def test_a_rate_limit_holds_the_provider_and_is_retried_without_counting(project
     assert summary.rate_limited >= 1
     kinds = [e["kind"] for e in ran.events]
     assert "rate_limited" in kinds and "throttle_released" in kinds
+
+
+def test_keep_context_continues_the_instances_last_session_and_reports_it(
+    project: Path,
+) -> None:
+    acts = {f"w{i}": [Act(1.0, session_id=f"S{i}")] for i in range(1, 4)}
+    plan = Plan.model_validate(
+        {
+            "settings": {"per_agent_type": 1, "sample_interval": 0},
+            # The fake executor never runs the agent; `program` only passes the PATH check.
+            "specialists": {"w": {"agent": "claude", "program": "/bin/true", "keep_context": True}},
+            "tasks": tasks(3),
+        }
+    )
+    clock = VirtualClock()
+    executor = FakeExecutor(acts)
+    try:
+        summary = clock.run(
+            run_prepared(
+                prepare(plan, root=project), handle_signals=False, executor=executor, clock=clock
+            )
+        )
+    finally:
+        clock.close()
+    assert summary.done == 3
+    assert summary.shared_sessions == [
+        {"task": "w2", "continued": "w1", "session": "S1"},
+        {"task": "w3", "continued": "w2", "session": "S2"},
+    ]

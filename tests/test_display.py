@@ -104,3 +104,32 @@ def test_skip_lines_of_a_real_run_read_cleanly(guildrun: Runner, project: Path) 
     assert "skipped c: dependency 'a' failed" in live, proc.stdout
     assert "skipped b: dependency 'a' failed" in lines  # the summary says the same
     assert '"' not in "".join(line for line in lines if "skipped" in line)
+
+
+def test_rate_limits_and_budgets_are_shown_as_they_happen() -> None:
+    agent_events = [
+        Event(
+            EventKind.RATE_LIMITED,
+            2.0,
+            "m1",
+            data={"provider": "claude", "wait": 2.3, "limits": {"coder": 1}},
+        ),
+        Event(EventKind.THROTTLE_RELEASED, 4.3, data={"provider": "claude"}),
+        Event(EventKind.BUDGET_EXHAUSTED, 9.0, data={"spent_usd": 1.25, "max_cost_usd": 1.0}),
+    ]
+    buf = io.StringIO()
+    plain = PlainReporter(buf)
+    plain.t0 = 0.0
+    plain.events(agent_events)
+    text = buf.getvalue()
+    assert "RATE LIMITED claude (met by m1): no new agent for 2.3s, then at most coder 1" in text
+    assert "rate limit over: claude agents start again" in text
+    assert "BUDGET EXHAUSTED: $1.2500 of $1.0000 spent" in text
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=160, color_system=None)
+    live = LiveReporter(console)
+    live.run_started("run-1", compiled(tasks_plan(1), Path.cwd()), {"interface": 1})
+    live.events(agent_events)
+    console.print(live._render())
+    live.run_ended(None)  # type: ignore[arg-type]
+    assert "RATE LIMITED claude" in out.getvalue() and "BUDGET EXHAUSTED" in out.getvalue()

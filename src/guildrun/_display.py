@@ -125,7 +125,25 @@ def _describe(ev: Event) -> str | None:
         return f"phase {d.get('phase')} ends; results in {d.get('results')}"
     if ev.kind in ("workspace", "gate"):
         return str(d.get("note"))
+    if ev.kind in ("rate_limited", "throttle_released", "budget_exhausted"):
+        return _agent_text(ev.kind, d, ev.task)
     return None
+
+
+def _agent_text(kind: str, d: Mapping[str, Any], task: str | None) -> str:
+    """Rate limits and budgets, as people read them (plain lines and the live view)."""
+    if kind == "rate_limited":
+        limits = ", ".join(f"{k} {v}" for k, v in dict(d.get("limits", {})).items())
+        return (
+            f"RATE LIMITED {d.get('provider')} (met by {task}): no new agent for "
+            f"{d.get('wait')}s, then at most {limits or '?'} at once"
+        )
+    if kind == "throttle_released":
+        return f"rate limit over: {d.get('provider')} agents start again"
+    return (
+        f"BUDGET EXHAUSTED: ${float(d.get('spent_usd') or 0):.4f} of "
+        f"${float(d.get('max_cost_usd') or 0):.4f} spent; no new task starts"
+    )
 
 
 class LiveReporter(Reporter):
@@ -197,6 +215,9 @@ class LiveReporter(Reporter):
                 self._note("undone", "red", _undone_text(d))
             elif k == "phase_started":
                 self.phase = str(d.get("phase", ""))
+            elif k in ("rate_limited", "throttle_released", "budget_exhausted"):
+                colour = "green" if k == "throttle_released" else "red"
+                self._note(k.replace("_", " "), colour, _agent_text(k, d, ev.task))
             elif k == "guard_hold":
                 self.held = str(d.get("reason", ""))
             elif k == "guard_release":
@@ -293,6 +314,9 @@ def print_summary(summary: Summary, console: Console) -> None:
         rows.append(("spent", f"${summary.cost_usd:.4f}{estimate}, {summary.tokens} tokens"))
     if summary.rate_limited:
         rows.append(("rate limited", f"{summary.rate_limited} times (waited, not failed)"))
+    if summary.shared_sessions:
+        pairs = ", ".join(f"{s['task']} <- {s['continued']}" for s in summary.shared_sessions)
+        rows.append(("shared context", f"{pairs} (agent sessions continued)"))
     if summary.undone:
         n = sum(len(u.paths) for u in summary.undone)
         rows.append(("undone", f"{n} change{'s' if n != 1 else ''} (below)"))

@@ -755,6 +755,8 @@ class Engine:
                     data["stolen_from"] = d.stolen_from
                 if d.task in self.ownership.widened:
                     data["alone"] = True
+                if job.resume_session is not None:
+                    data["resumes_session"] = job.resume_session  # keep_context, reported
                 self.journal.event(
                     rid, Event(EventKind.TASK_STARTED, d.time, d.task, d.instance, data)
                 )

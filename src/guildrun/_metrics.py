@@ -97,6 +97,8 @@ class Summary:
     tokens: int = 0
     rate_limited: int = 0  # how many times a provider's rate limit was met
     max_cost_usd: float | None = None  # the run's budget, if any
+    # keep_context: which task continued the agent session of which earlier task
+    shared_sessions: list[dict[str, str]] = field(default_factory=list)
     undone: list[Undone] = field(default_factory=list)  # stray changes put back
     workspace: list[str] = field(default_factory=list)  # worktree mode: base, result, apply
 
@@ -131,6 +133,7 @@ class Summary:
             "cost_estimated": self.cost_estimated,
             "tokens": self.tokens,
             "rate_limited": self.rate_limited,
+            "shared_sessions": self.shared_sessions,
             "failures": [
                 {"task": t.id, "cause": t.cause, "log": t.log, "tail": t.tail}
                 for t in self.tasks
@@ -248,6 +251,7 @@ def summarize(journal: Journal, run_id: str) -> Summary:
         tokens=tokens,
         rate_limited=journal.count_events(run_id, "rate_limited"),
         max_cost_usd=budget,
+        shared_sessions=shared_sessions(journal, run_id),
         undone=undone,
         workspace=workspace_notes(journal, run_id),
     )
@@ -303,4 +307,22 @@ def alive_intervals(
         out[row["name"]].extend((a - origin, b - origin) for a, b in pieces)
         if not pieces:
             out[row["name"]].append((spawned - origin, spawned - origin))
+    return out
+
+
+def shared_sessions(journal: Journal, run_id: str) -> list[dict[str, str]]:
+    """Tasks that continued another task's agent session (`keep_context`), in order."""
+    starts = journal.events_of(run_id, EventKind.TASK_STARTED, having="resumes_session")
+    if not starts:
+        return []
+    made = {
+        a["session_id"]: a["task_id"]
+        for a in journal.attempts(run_id)
+        if "session_id" in a.keys() and a["session_id"]  # noqa: SIM118 - a Row: `in` sees values
+    }
+    out: list[dict[str, str]] = []
+    for ev in starts:
+        session = str((ev.data or {}).get("resumes_session", ""))
+        if session and ev.task:
+            out.append({"task": ev.task, "continued": made.get(session, "?"), "session": session})
     return out

@@ -29,6 +29,7 @@ class Act:
     retry_after: float | None = None
     cost_usd: float | None = None
     tokens: int | None = None
+    session_id: str | None = None  # the agent session it reports (for keep_context)
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ class FakeExecutor(Executor):
             retry_after=act.retry_after,
             cost_usd=act.cost_usd,
             tokens=act.tokens,
+            session_id=act.session_id,
         )
 
     def overlaps(self) -> int:
