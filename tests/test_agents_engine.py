@@ -136,6 +136,16 @@ def test_a_rate_limit_storm_throttles_the_provider_and_every_task_finishes(
     # Throttled: no agent was relaunched blindly into the storm. Relaunching at once
     # would send a request per agent about every process start (~1 s) for 4 s.
     assert len(during) <= 6, [(r.at, r.path) for r in during]
+    # A rate-limited agent's retry continued its own session (`claude --resume`).
+    db = sqlite3.connect(root / ".guildrun" / "journal.db")
+    try:
+        resumed = db.execute(
+            "SELECT COUNT(*) FROM events"
+            " WHERE kind='task_started' AND data LIKE '%resumes_session%'"
+        ).fetchone()[0]
+    finally:
+        db.close()
+    assert resumed >= 1
     assert time.monotonic() - started < 300
 
 

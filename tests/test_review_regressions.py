@@ -235,9 +235,11 @@ def test_a_run_stopped_by_fail_fast_still_undoes_a_pending_stray_write(project: 
     assert summary.failed == 1
 
 
-def test_a_retry_after_a_rolled_back_attempt_starts_a_fresh_session(project: Path) -> None:
-    """A rate-limited attempt's files are rolled back, so its retry starts a new agent
-    session (no resume) on the files as they were."""
+def test_a_rate_limited_attempts_work_is_kept_and_its_session_continued(
+    project: Path,
+) -> None:
+    """A rate-limited attempt's files stay as it left them, and its retry continues the
+    same agent session on them: nothing of its work is thrown away."""
     (project / "a.txt").write_text("v0\n")
     data = {
         "settings": {"per_agent_type": 1, "sample_interval": 0},
@@ -256,9 +258,32 @@ def test_a_retry_after_a_rolled_back_attempt_starts_a_fresh_session(project: Pat
     assert summary.status == "done"
     assert [(s.task, s.attempt, s.resume_session) for s in ex.starts] == [
         ("w1", 1, None),
-        ("w1", 2, None),
+        ("w1", 2, "w1.1"),
     ]
-    assert ex.seen == [(1, None, "half done\n"), (2, None, "v0\n")]
+    assert ex.seen == [(1, None, "half done\n"), (2, "w1.1", "half done\n")]
+    assert (project / "a.txt").read_text() == "half done\n"
+
+
+def test_a_continued_task_that_then_fails_goes_back_to_before_its_first_attempt(
+    project: Path,
+) -> None:
+    """The snapshot a failed task is rolled back to is the one before its first attempt,
+    not the kept half-done state its continued attempt started from."""
+    (project / "a.txt").write_text("v0\n")
+    data = {
+        "settings": {"per_agent_type": 1, "sample_interval": 0},
+        "specialists": {"w": CLAUDE},
+        "tasks": [{"id": "w1", "specialist": "w", "files": ["a.txt"]}],
+    }
+    acts = {
+        "w1": [
+            Act(1.0, Ending.RATE_LIMITED, 1, writes={"a.txt": b"half done\n"}, retry_after=5.0),
+            Act(1.0, Ending.FAILED, 1, writes={"a.txt": b"broken\n"}),
+        ]
+    }
+    summary = run(project, data, SessionFake(acts))
+
+    assert summary.status == "failed"
     assert (project / "a.txt").read_text() == "v0\n"
 
 

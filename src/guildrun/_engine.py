@@ -220,6 +220,7 @@ class Engine:
             if spec.agent is not None
         }
         self._instance_session: dict[str, str] = {}  # instance -> its last session
+        self._continue: dict[str, tuple[str, str]] = {}  # rate-limited task -> its session
         self._held_until: dict[str, float] = {}  # provider -> end of its wait (loop time)
         self._limited: set[tuple[str, int]] = set()  # attempts already counted as limited
         self._timers: list[asyncio.TimerHandle] = []  # cancelled when the run ends
@@ -612,9 +613,23 @@ class Engine:
             self.journal.task_ended(rid, tid, "done", o.ended, result=o.result)
             self.journal.event(rid, Event(EventKind.TASK_FINISHED, o.ended, task=tid, data=data))
             return self.scheduler.finish(tid, True)
-        # Every failed attempt leaves the files as they were before it.
-        with self.timings("rollback"):
-            self.workspace.undo(tid, extra=touched)
+        # Every failed attempt leaves the files as they were before it, except one cut
+        # short by a rate limit where the workspace can keep it: its retry continues the
+        # agent's session on the work it did, so nothing of it is thrown away.
+        continuing = (
+            isinstance(verdict, Retry)
+            and not verdict.counts
+            and o.session_id is not None
+            and self.workspace.keep(tid)
+        )
+        if continuing:
+            instance = self.scheduler.instance_of.get(spec.index)
+            if instance is not None and o.session_id is not None:
+                self._continue[tid] = (instance, o.session_id)
+        else:
+            self._continue.pop(tid, None)
+            with self.timings("rollback"):
+                self.workspace.undo(tid, extra=touched)
         if isinstance(verdict, RunAlone):
             self.ownership.widened.add(tid)
             self.journal.task_ended(rid, tid, "waiting", o.ended, cause=o.error)
@@ -763,6 +778,10 @@ class Engine:
             elif isinstance(d, Queued):
                 self.journal.event(rid, Event(EventKind.TASK_QUEUED, d.time, d.task, d.instance))
             elif isinstance(d, Skipped):
+                if self._continue.pop(d.task, None) is not None:
+                    # It waited out a rate limit on kept work, and will not run again.
+                    with self.timings("rollback"):
+                        self.workspace.undo(d.task)
                 self.journal.task_ended(rid, d.task, "skipped", d.time, cause=d.reason)
                 self.journal.event(
                     rid, Event(EventKind.TASK_SKIPPED, d.time, d.task, data={"cause": d.reason})
@@ -811,12 +830,16 @@ class Engine:
     # ------------------------------------------------------------ agents
 
     def _session_for(self, task: str, instance: str) -> str | None:
-        """With `keep_context`, the session an instance's previous (done) task left: the
-        next task of that specialist builds on what the agent already read. Sessions live
-        in an instance's private state, so only on that instance."""
+        """The agent session a task continues: its own, after a rate limit cut it short on
+        work the workspace kept; else, with `keep_context`, the session the instance's
+        previous (done) task left, so the next task builds on what the agent already read.
+        Sessions live in an instance's private state, so only on that instance."""
         spec = self.plan.specialists[self.plan.by_id[task].specialist]
         if spec.agent is None:
             return None
+        own = self._continue.pop(task, None)
+        if own is not None and own[0] == instance:
+            return own[1]  # after a rate limit, on the work it kept
         if not spec.keep_context or instance.rpartition("#")[0] != spec.name:
             return None  # a helper's instance runs another agent: none of its sessions
         return self._instance_session.get(instance)

@@ -66,6 +66,12 @@ class Workspace(ABC):
     def undo(self, task: str, extra: Iterable[str] = ()) -> None:
         """An attempt failed: its files go back to what they were before it."""
 
+    def keep(self, task: str) -> bool:
+        """An attempt cut short by a rate limit: keep its files as they are for the retry,
+        which continues the agent's session (and, should it fail, goes back to what was
+        there before the first attempt). False where the workspace cannot keep them."""
+        return False
+
     def finish(self, status: str) -> list[str]:
         """The run ended with `status` (before the end is journaled); returns notes for
         the summary, such as where the result is and how to apply it."""

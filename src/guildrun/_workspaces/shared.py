@@ -638,6 +638,7 @@ class SharedTree(Workspace):
         self._ran_since_check: set[str] = set()
         self._carry: set[str] = set()
         self._pending: dict[str, set[str]] = {}  # unowned change -> who may have made it
+        self._kept: set[str] = set()  # tasks whose rate-limited attempt's files stay
         self.protected: list[Protected] = []  # .git's config, hooks and info: nobody's
 
     def open(self) -> list[str]:
@@ -656,8 +657,15 @@ class SharedTree(Workspace):
     def workdir(self, instance: str) -> Path:
         return self.root
 
+    def keep(self, task: str) -> bool:
+        self._kept.add(task)  # the next attempt's "before" is still the first one's
+        return True
+
     def before(self, task: str, files: Sequence[str], instance: str) -> Manifest | None:
         self._ran_since_check.add(task)
+        if task in self._kept:
+            self._kept.discard(task)
+            return self._before.get(task)
         if not files:
             self._before.pop(task, None)
             return None
@@ -783,6 +791,7 @@ class SharedTree(Workspace):
         return after
 
     def undo(self, task: str, extra: Iterable[str] = ()) -> None:
+        self._kept.discard(task)
         manifest = self._before.get(task)
         if manifest:
             self.store.restore(manifest)
