@@ -221,6 +221,7 @@ class Engine:
         }
         self._instance_session: dict[str, str] = {}  # instance -> its last session
         self._continue: dict[str, tuple[str, str]] = {}  # rate-limited task -> its session
+        self._scope_members: dict[str, list[int]] | None = None  # for scope gates
         self._held_until: dict[str, float] = {}  # provider -> end of its wait (loop time)
         self._limited: set[tuple[str, int]] = set()  # attempts already counted as limited
         self._timers: list[asyncio.TimerHandle] = []  # cancelled when the run ends
@@ -714,8 +715,13 @@ class Engine:
     def _scope_over(self, scope: str, after: str) -> bool:
         if not after.startswith("scope:"):
             return False
-        states = [self.scheduler.state[t.index] for t in self.plan.tasks if t.scope == scope]
-        return bool(states) and all(st.terminal for st in states)
+        if self._scope_members is None:  # once per run, not per step
+            self._scope_members = {}
+            for t in self.plan.tasks:
+                if t.scope is not None:
+                    self._scope_members.setdefault(t.scope, []).append(t.index)
+        members = self._scope_members.get(scope, [])
+        return bool(members) and all(self.scheduler.state[i].terminal for i in members)
 
     def _revoke(self, tid: str, cause: str) -> list[Decision]:
         """A done task whose patch a gate took out: failed, its dependents skipped."""
