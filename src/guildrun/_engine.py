@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from ._worktree import Bisection, Gate, GateResult
 
 PGID_FLUSH_S = 0.2
+HOLD_S = 0.05  # the longest the records of in-process callables wait for a commit
 JOURNAL_NAME = f"{STATE_DIR}/journal.db"
 DEFAULT_RATE_LIMIT_WAIT = 5.0  # seconds, when a provider says "later" without saying when
 MAX_RATE_LIMIT_WAIT = 600.0  # the longest one hold lasts, whatever the provider says
@@ -229,6 +230,14 @@ class Engine:
         self.spent_usd = 0.0
         self.spent_tokens = 0
         self._budget_stop = False
+        # Group commits across steps (`_may_hold`): specialists that run in this process.
+        self._in_process = {
+            name
+            for name, spec in self.plan.specialists.items()
+            if spec.argv is None and spec.shell_script is None and spec.agent is None
+        }
+        self._durable = False
+        self._hold_timer: asyncio.TimerHandle | None = None
         # Secrets never stored or shown: logs and outcomes (executor), records (journal).
         self.redactor = run_redactor(
             (sp.env for sp in self.plan.specialists.values()), s.secret_env
@@ -264,6 +273,8 @@ class Engine:
         finally:
             for timer in self._timers:
                 timer.cancel()  # a backoff or a hold must not fire into a closed journal
+            if self._hold_timer is not None:
+                self._hold_timer.cancel()
             self.workspace.close()
             self.executor.close()
 
@@ -443,8 +454,39 @@ class Engine:
                 if not self._halt and not self._budget_stop:
                     decisions += self.scheduler.dispatch(limit=1 if self._held else None)
             jobs = self._apply(decisions)
+            if self._may_hold(ended, check):
+                self.journal.hold()
         self.reporter.events(committed)
+        if self.journal.holding and self._hold_timer is None:
+            self._hold_timer = asyncio.get_running_loop().call_later(HOLD_S, self._commit_held)
         self._launch(jobs)
+
+    def _may_hold(self, ended: list[tuple[str, int, Outcome]], check: Check) -> bool:
+        """Whether this step's commit may wait for a later step's (group commit across
+        steps, for runs of very short in-process tasks).
+
+        A start is committed before its attempt launches so that, after a crash, resume
+        can stop what ran and put its files back. An in-process callable that owns no
+        file needs neither: it dies with the engine, and there is no snapshot to put
+        back. So when every attempt this step ended and launched is such a callable, in
+        the shared tree, its records may wait (at most HOLD_S); a crash before they are
+        committed leaves the journal as it was at the last commit, and resume runs those
+        tasks again, as it runs any task whose end was not committed.
+        """
+        if self._durable or self._halt or self._budget_stop:
+            return False
+        if check.stray or check.violations or check.unsafe or check.conflicts:
+            return False
+        if not isinstance(self.workspace, SharedTree):
+            return False
+        return all(self.plan.by_id[tid].specialist in self._in_process for tid, _, _ in ended)
+
+    def _commit_held(self) -> None:
+        self._hold_timer = None
+        if self.journal.holding:
+            with self.timings("journal"), self.journal.transaction() as committed:
+                pass
+            self.reporter.events(committed)
 
     def _journal_guard(self, check: Check, ended: list[str]) -> None:
         """A task wrote the journal (guildrun's, not a task's): blamed like any unowned
@@ -743,6 +785,7 @@ class Engine:
         """Journal the scheduler's decisions; return the attempts to launch after commit."""
         jobs: list[Job] = []
         rid = self.run_id
+        self._durable = False  # set when a start must be committed before it launches
         for d in decisions:
             if isinstance(d, Started):
                 attempt = self.attempt_no.get(d.task, 0) + 1
@@ -771,6 +814,8 @@ class Engine:
                     )
                 if manifest is not None:
                     self.journal.snapshot_before(rid, d.task, attempt, manifest)
+                if manifest is not None or job.argv is not None or job.agent is not None:
+                    self._durable = True
                 data: dict[str, Any] = {"attempt": attempt}
                 if d.stolen_from:
                     data["stolen_from"] = d.stolen_from

@@ -249,6 +249,8 @@ class Journal:
         # depend on each other; where one task gets two statements in one transaction
         # (ended as "waiting", then started again alone), the first is also seen first.
         self._batch: dict[str, list[tuple[object, ...]]] | None = None
+        self._hold = False
+        self._held: list[Event] | None = None  # events of held blocks, not yet committed
 
     def close(self) -> None:
         self.db.close()
@@ -260,12 +262,20 @@ class Journal:
 
     @contextmanager
     def transaction(self) -> Iterator[list[Event]]:
-        """Group writes into one commit; yields the events journaled inside it."""
-        self.db.execute("BEGIN IMMEDIATE")
+        """Group writes into one commit; yields the events that commit made durable.
+
+        Inside the block, `hold()` keeps the transaction open after it: its writes go in
+        with the next commit (of a block that does not hold), and that block's list
+        then holds its events too, first. A block that fails is undone alone (a
+        savepoint), the held writes before it stay.
+        """
+        nested = self._held is not None
+        self.db.execute("SAVEPOINT step" if nested else "BEGIN IMMEDIATE")
         events: list[Event] = []
         self._pending = events
         self._rows = []
         self._batch = {}
+        self._hold = False
         try:
             yield events
             self._flush()
@@ -276,15 +286,36 @@ class Journal:
                     self._rows,
                 )
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if nested:
+                self.db.execute("ROLLBACK TO step")
+                self.db.execute("RELEASE step")
+            else:
+                self.db.execute("ROLLBACK")
             raise
         else:
-            self.db.execute("COMMIT")
-            self._commits += 1
-            self.commit_hook()
+            if nested:
+                self.db.execute("RELEASE step")
+            if self._hold:
+                self._held = [*(self._held or []), *events]
+                events.clear()  # not durable yet: nobody is told
+            else:
+                self.db.execute("COMMIT")
+                events[:0] = self._held or []
+                self._held = None
+                self._commits += 1
+                self.commit_hook()
         finally:
             self._pending = []
             self._batch = None
+
+    def hold(self) -> None:
+        """Keep the current transaction open past its block (see `transaction`)."""
+        self._hold = True
+
+    @property
+    def holding(self) -> bool:
+        """Whether writes wait in an open transaction for a later commit."""
+        return self._held is not None
 
     # ---------------------------------------------------------------- writes
 
