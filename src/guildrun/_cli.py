@@ -347,7 +347,7 @@ def _finish(summary: Summary, args: argparse.Namespace, con: _Consoles) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, con: _Consoles) -> int:
-    from ._engine import run_prepared
+    from ._engine import run_prepared, run_sync
     from ._statedir import ensure_state_dir
 
     prepared = _prepare(args)
@@ -357,7 +357,7 @@ def _cmd_run(args: argparse.Namespace, con: _Consoles) -> int:
         for note in prepared.notes:
             print(note, file=show)
     with contextlib.ExitStack() as stack:
-        summary = asyncio.run(
+        summary = run_sync(
             run_prepared(
                 prepared,
                 reporter=_reporter(args, con, stack),

@@ -188,7 +188,8 @@ class Event:
     data: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", EventKind(self.kind))  # unknown kinds are refused
+        if type(self.kind) is not EventKind:  # the engine's own are; a lookup costs 1 µs
+            object.__setattr__(self, "kind", EventKind(self.kind))  # unknown kinds refused
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"event": self.kind.value, "time": self.time}
@@ -635,6 +636,33 @@ class Journal:
                 (run_id,),
             )
         )
+
+    def attempt_spans(
+        self, run_id: str
+    ) -> list[tuple[str, int, str, float, float | None, str | None, str | None]]:
+        """(task, attempt, instance, started, ended, stdout, stderr) of every attempt, as
+        plain tuples in the order they were made: a summary of 10,000 tasks reads them
+        in a few ms, where `attempts` (sorted, every column, named rows) takes 40."""
+        cur = self.db.execute(
+            "SELECT task_id, attempt, instance, started, ended, stdout_path, stderr_path"
+            " FROM attempts WHERE run_id=?",
+            (run_id,),
+        )
+        cur.row_factory = None
+        return cur.fetchall()
+
+    def task_lines(
+        self, run_id: str
+    ) -> list[tuple[str, str, str, str, str | None, str | None, int, float, float, str]]:
+        """(id, state, specialist, phase, instance, stolen_from, attempts, started,
+        ended, cause) of every task in plan order, as plain tuples (see `attempt_spans`)."""
+        cur = self.db.execute(
+            "SELECT id, state, specialist, phase, instance, stolen_from, attempts, started,"
+            " ended, cause FROM tasks WHERE run_id=? ORDER BY seq",
+            (run_id,),
+        )
+        cur.row_factory = None
+        return cur.fetchall()
 
     def instances(self, run_id: str) -> list[sqlite3.Row]:
         return list(
