@@ -352,7 +352,9 @@ class Engine:
                     root=self.p.root,
                     plan_source=self.plan.source,
                     plan_json=plan_for_journal(
-                        self.p.source.model_dump_json(), self.settings.secret_env
+                        self.p.source.model_dump_json(),
+                        self.settings.secret_env,
+                        [k for sp in self.p.source.specialists.values() for k in sp.env],
                     ),
                     settings_json=self.settings.model_dump_json(),
                     limits=self.p.limits,
@@ -809,10 +811,12 @@ class Engine:
                     str(job.stdout_path),
                     str(job.stderr_path),
                 )
-                with self.timings("snapshot"):
-                    manifest = self.workspace.before(
-                        d.task, self.plan.by_id[d.task].files, d.instance
-                    )
+                files = self.plan.by_id[d.task].files
+                if files or not isinstance(self.workspace, SharedTree):
+                    with self.timings("snapshot"):
+                        manifest = self.workspace.before(d.task, files, d.instance)
+                else:  # nothing to snapshot in the shared tree: not timed as one
+                    manifest = self.workspace.before(d.task, files, d.instance)
                 if manifest is not None:
                     self.journal.snapshot_before(rid, d.task, attempt, manifest)
                 if manifest is not None or job.argv is not None or job.agent is not None:
