@@ -378,7 +378,6 @@ class Engine:
     async def _loop(self) -> str:
         """Until every task has ended: wait for messages, handle each batch at once."""
         status = "done"
-        stop_wait = asyncio.ensure_future(self._stop.wait())
         sampler = None
         if self.monitor is not None and self.settings.sample_interval > 0:
             sampler = asyncio.ensure_future(self._sample_loop())
@@ -387,21 +386,20 @@ class Engine:
                 if self._budget_stop and not self._running:
                     status = "budget"  # resumable: `guildrun resume --max-cost-usd MORE`
                     break
-                get = asyncio.ensure_future(self._inbox.get())
-                await asyncio.wait({get, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-                if not get.done():
-                    get.cancel()
+                # `stop` wakes this wait with a message of its own: one await per step,
+                # where waiting on the inbox and the stop event made a task and a waiter.
+                first = await self._inbox.get()
+                if self._stop.is_set():
                     status = "interrupted"
                     break
                 # Group commit: every message that has arrived by now goes into one transaction.
-                messages = [get.result()]
+                messages = [first]
                 while not self._inbox.empty():
                     messages.append(self._inbox.get_nowait())
                 self._step(messages)
                 if self._halt:
                     break
         finally:
-            stop_wait.cancel()
             if sampler is not None:
                 sampler.cancel()
                 await asyncio.gather(sampler, return_exceptions=True)
@@ -507,6 +505,7 @@ class Engine:
 
     def stop(self) -> None:
         self._stop.set()
+        self._inbox.put_nowait(("wake", "", 0, None))  # the loop sees it now
 
     def set_limit(self, specialist: str, tokens: int) -> None:
         """At most `tokens` tasks of `specialist` at once, from the next start on."""
