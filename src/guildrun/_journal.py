@@ -380,7 +380,7 @@ class Journal:
             "INSERT INTO tasks(run_id, id, seq, specialist, phase, scope, files_json, state)"
             " VALUES (?,?,?,?,?,?,?,'waiting')",
             [
-                (run_id, tid, seq, sp, ph, sc, json.dumps(files))
+                (run_id, tid, seq, sp, ph, sc, json.dumps(files) if files else "[]")
                 for tid, seq, sp, ph, sc, files in tasks
             ],
         )
