@@ -16,7 +16,7 @@ from guildrun._workspaces.shared import Watcher
 
 
 def _tree(root: Path) -> Path:
-    (root / "src").mkdir()
+    (root / "src").mkdir(parents=True)
     (root / "src" / "a.txt").write_text("a\n")
     (root / ".git").mkdir()
     (root / ".guildrun").mkdir()
@@ -138,3 +138,22 @@ def test_a_folder_that_cannot_be_watched_makes_the_reader_blind(tmp_path: Path) 
         assert tree.blind
     finally:
         tree.close()
+
+
+def test_a_root_reached_through_a_link_is_watched(tmp_path: Path) -> None:
+    real = _tree(tmp_path / "real")
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    watcher = Watcher(link)
+    try:
+        (link / "src" / "b.txt").write_text("b")
+        assert watcher.take() == {"src/b.txt"}
+        # A link inside the tree is a change, never a way into another folder.
+        outside = tmp_path / "elsewhere"
+        outside.mkdir()
+        (real / "out").symlink_to(outside)
+        assert watcher.take() == {"out"}
+        (outside / "x.txt").write_text("x")
+        assert watcher.take() == set()
+    finally:
+        watcher.stop()

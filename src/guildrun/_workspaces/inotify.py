@@ -102,7 +102,9 @@ class Tree:
         also: Collection[str] = (),
         on_path: Callable[[str], bool] | None = None,
     ) -> None:
-        self.root = root.rstrip(os.sep)
+        # The real folder: a root reached through a link is watched where it is (only
+        # links below it are never followed). Paths are reported relative to it.
+        self.root = os.path.realpath(root)
         self._skip = {os.fsencode(f"{self.root}/{s}") for s in skip}
         self._on_path = on_path
         self.changed: set[str] = set()
