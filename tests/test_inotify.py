@@ -97,9 +97,11 @@ def test_an_overflowed_queue_says_so(tmp_path: Path) -> None:
         for _ in range(limit // 2 + 10):  # alternating, so the kernel merges none
             os.utime(a)
             os.utime(b)
+        (root / "made").mkdir()  # its "created" event is among those lost
         assert watcher.take() is None  # events were lost: the caller rescans
         (root / "src" / "c.txt").write_text("c")
-        assert watcher.take() == {"src/c.txt"}  # and the next check is exact again
+        (root / "made" / "d.txt").write_text("d")  # watched again after the loss
+        assert watcher.take() == {"src/c.txt", "made/d.txt"}  # exact again
     finally:
         watcher.stop()
 

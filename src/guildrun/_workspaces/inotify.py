@@ -159,6 +159,11 @@ class Tree:
             except OSError:
                 continue
 
+    def rewatch(self) -> None:
+        """After lost events: watch every folder again, those made unseen included
+        (a folder already watched keeps its watch)."""
+        self._watch_tree(os.fsencode(self.root))
+
     def _forget_under(self, folder: bytes) -> None:
         """A folder left the tree: drop the watches at and below it."""
         below = folder + b"/"

@@ -598,7 +598,9 @@ class Watcher:
             tree.read()
         out, tree.changed = tree.changed, set()
         if tree.lost or tree.blind:
-            tree.lost = False
+            if tree.lost:  # folders made meanwhile may have gone unwatched: watch them
+                tree.lost = False
+                tree.rewatch()
             return None
         return out
 
