@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import guildrun
-from guildrun._engine import run_prepared
+from guildrun._engine import HOLD_S, run_prepared
 from guildrun._executors.base import Job, Outcome
 from guildrun._executors.local import LocalExecutor
 from guildrun._journal import Event, Journal, journal_path
@@ -236,3 +236,28 @@ def test_sigkill_between_held_steps_then_resume(tmp_path: Path) -> None:
         assert all(ran.get(t, 0) >= 1 for t in done)  # every task really ran
         # What was done at the kill stayed done: it never ran again.
         assert all(ran[t] == ran_at_kill[t] for t in done_at_kill)
+
+
+def test_held_records_are_committed_within_the_bound_while_a_task_runs(
+    project: Path,
+) -> None:
+    seen: dict[str, int] = {}
+
+    async def slow(ctx: guildrun.TaskContext) -> None:
+        # On the same event loop as the hold's timer (due HOLD_S after the step): this
+        # sleep, four times longer, ends after it whatever the machine's load.
+        await asyncio.sleep(4 * HOLD_S)
+        seen["done"] = _visible(project, "SELECT COUNT(*) FROM tasks WHERE state='done'")
+        seen["slow"] = _visible(project, "SELECT COUNT(*) FROM attempts WHERE task_id='slow'")
+
+    quick = [guildrun.Task(id=f"q{i}", specialist="fn") for i in range(40)]
+    plan = guildrun.Plan(
+        settings=guildrun.Settings(per_agent_type=20, total_parallel=20),
+        specialists={"fn": guildrun.Specialist(func=noop), "s": guildrun.Specialist(func=slow)},
+        tasks=[*quick, guildrun.Task(id="slow", specialist="s", depends_on=["q39"])],
+    )
+    summary = guildrun.run(plan, root=project, handle_signals=False)
+    assert summary.ok
+    # The step that ended the last quick tasks and started `slow` was held; while
+    # `slow` ran, the timer committed it: every quick task done, `slow` started.
+    assert seen == {"done": 40, "slow": 1}
