@@ -3,7 +3,7 @@
 Builds a tree of FILES small files (default 50,000; not a git repository, the costly
 case), then times what guildrun pays for it: the baseline taken once at the start of a
 run (every file's size and time, and its content into the store), starting the inotify
-watch, and one ownership check (the barrier round-trip a batch of ended tasks costs),
+watch, and one ownership check (the barrier a batch of ended tasks costs),
 with and without a stray write to find. Separate from the harness: it writes ~200 MB.
 """
 

@@ -117,3 +117,25 @@ def test_a_secret_cut_between_reads_is_still_masked() -> None:
             out = stream.feed(text[:cut]) + stream.feed(text[cut:cut2])
             out += stream.feed(text[cut2:]) + stream.flush()
             assert out == b"a***b******c", (cut, cut2)
+
+
+def test_the_journal_copy_is_masked_when_the_env_names_are_given_too() -> None:
+    """The engine passes the specialists' env names, so a plan with no secret is kept
+    without being parsed; one with a secret is masked exactly as before."""
+    data = {
+        "specialists": {"a": {"run": ["true"], "env": {"X_TOKEN": "abcd1234", "MODE": "v"}}},
+        "tasks": [{"id": "t", "specialist": "a"}],
+    }
+    model = Plan.model_validate(data)
+    names = [k for sp in model.specialists.values() for k in sp.env]
+    stored = Plan.model_validate_json(plan_for_journal(model.model_dump_json(), (), names))
+    assert stored.specialists["a"].env == {"X_TOKEN": MASK, "MODE": "v"}
+    # A name only the settings call secret (`secret_env`) is masked too.
+    plain = Plan.model_validate(
+        {**data, "specialists": {"a": {"run": ["true"], "env": {"MODE": "v"}}}}
+    )
+    text = plain.model_dump_json()
+    assert plan_for_journal(text, (), ["MODE"]) == text
+    assert json.loads(plan_for_journal(text, ("MODE",), ["MODE"]))["specialists"]["a"]["env"] == {
+        "MODE": MASK
+    }

@@ -9,7 +9,6 @@ private and may change.
     print(summary.parallelism, summary.utilization)
 """
 
-import asyncio
 import importlib
 from typing import TYPE_CHECKING, Any
 
@@ -85,9 +84,10 @@ __version__ = "0.1.0"
 
 def resume(run_id: str | None = None, **kwargs: Any) -> "Summary":
     """Synchronous `resume_async`: continue an interrupted run."""
+    from ._engine import run_sync
     from ._resume import resume_async
 
-    return asyncio.run(resume_async(run_id, **kwargs))
+    return run_sync(resume_async(run_id, **kwargs))
 
 
 __all__ = [

@@ -7,7 +7,6 @@ a traceback means a bug in guildrun.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -347,7 +346,7 @@ def _finish(summary: Summary, args: argparse.Namespace, con: _Consoles) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, con: _Consoles) -> int:
-    from ._engine import run_prepared
+    from ._engine import run_prepared, run_sync
     from ._statedir import ensure_state_dir
 
     prepared = _prepare(args)
@@ -357,7 +356,7 @@ def _cmd_run(args: argparse.Namespace, con: _Consoles) -> int:
         for note in prepared.notes:
             print(note, file=show)
     with contextlib.ExitStack() as stack:
-        summary = asyncio.run(
+        summary = run_sync(
             run_prepared(
                 prepared,
                 reporter=_reporter(args, con, stack),
@@ -369,10 +368,11 @@ def _cmd_run(args: argparse.Namespace, con: _Consoles) -> int:
 
 
 def _cmd_rerun(args: argparse.Namespace, con: _Consoles) -> int:
+    from ._engine import run_sync
     from ._rerun import rerun_async
 
     with contextlib.ExitStack() as stack:
-        summary = asyncio.run(
+        summary = run_sync(
             rerun_async(
                 args.run,
                 root=args.root,
@@ -386,6 +386,7 @@ def _cmd_rerun(args: argparse.Namespace, con: _Consoles) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace, con: _Consoles) -> int:
+    from ._engine import run_sync
     from ._rerun import resume_hint
     from ._resume import resume_async
     from ._statedir import ensure_state_dir
@@ -397,7 +398,7 @@ def _cmd_resume(args: argparse.Namespace, con: _Consoles) -> int:
     resume_hint(args.root, args.run)
 
     with contextlib.ExitStack() as stack:
-        summary = asyncio.run(
+        summary = run_sync(
             resume_async(
                 args.run,
                 root=args.root,

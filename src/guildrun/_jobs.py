@@ -61,17 +61,20 @@ class Jobs:
         stem = f"{name}.{attempt}" if attempt > 1 else name
         stdout_path = self.log_dir / f"{stem}.out"
         specialist = self.plan.specialists[spec.specialist]
-        values = {
-            "task_id": spec.id,
-            "instance": instance,
-            "attempt": str(attempt),
-            "workdir": str(workdir),
-            "specialist": spec.specialist,
-            "scope": spec.scope or "",
-            "phase": spec.phase,
-        }
         lookup: tpl.Lookup = _no_placeholders
-        if not all(isinstance(p, str) for p in spec.prompt):
+        prompt_only = all(isinstance(p, str) for p in spec.prompt)
+        values: dict[str, str] = {}
+        if not prompt_only or specialist.argv is not None:  # an in-process task needs none
+            values = {
+                "task_id": spec.id,
+                "instance": instance,
+                "attempt": str(attempt),
+                "workdir": str(workdir),
+                "specialist": spec.specialist,
+                "scope": spec.scope or "",
+                "phase": spec.phase,
+            }
+        if not prompt_only:
             # Most prompts hold no placeholder: only those pay for the lookup's tables.
             listed = {"files": " ".join(spec.files), "reads": " ".join(spec.reads)}
             lookup = tpl.simple_lookup({**values, **listed}, self._ref)

@@ -158,23 +158,24 @@ class Summary:
 def summarize(journal: Journal, run_id: str) -> Summary:
     run = journal.run(run_id)
     now_end = run["ended"]
-    attempts = journal.attempts(run_id)
-    last_end = max((a["ended"] or a["started"] for a in attempts), default=run["created"])
+    attempts = journal.attempt_spans(run_id)
+    last_end = max((a[4] or a[3] for a in attempts), default=run["created"])
     end = now_end if now_end is not None else last_end
     active = active_spans(journal, run_id, run["created"], end)
     wall = active_seconds(active)
     busy: dict[str, float] = defaultdict(float)
     count: Counter[str] = Counter()
     task_s = 0.0
-    last_attempt: dict[str, sqlite3.Row] = {}
-    for a in attempts:
-        if a["ended"] is None:
+    last_attempt: dict[str, tuple[int, str | None, str | None]] = {}  # attempt, logs
+    for task_id, attempt, instance, started, ended, stdout, stderr in attempts:
+        if ended is None:
             continue
-        d = a["ended"] - a["started"]
-        task_s += d
-        busy[a["instance"]] += d
-        count[a["instance"]] += 1
-        last_attempt[a["task_id"]] = a
+        took = ended - started
+        task_s += took
+        busy[instance] += took
+        count[instance] += 1
+        if attempt >= last_attempt.get(task_id, (0, None, None))[0]:
+            last_attempt[task_id] = (attempt, stdout, stderr)
     rows = journal.instances(run_id)
     spec_of = {r["name"]: r["specialist"] for r in rows}
     alive = {
@@ -189,26 +190,27 @@ def summarize(journal: Journal, run_id: str) -> Summary:
     total_busy = sum(i.busy_s for i in instances)
     states: Counter[str] = Counter()
     lines: list[TaskLine] = []
-    for t in journal.tasks(run_id):
-        states[t["state"]] += 1
-        last = last_attempt.get(t["id"])
-        duration = (t["ended"] - t["started"]) if t["ended"] and t["started"] else None
+    for tid, state, spec, phase, inst, stolen, tries, started, ended, cause in journal.task_lines(
+        run_id
+    ):
+        states[state] += 1
         line = TaskLine(
-            id=t["id"],
-            state=t["state"],
-            specialist=t["specialist"],
-            phase=t["phase"],
-            instance=t["instance"],
-            stolen_from=t["stolen_from"],
-            attempts=t["attempts"],
-            duration_s=duration,
-            cause=t["cause"],
+            tid,
+            state,
+            spec,
+            phase,
+            inst,
+            stolen,
+            tries,
+            (ended - started) if ended and started else None,
+            cause,
         )
-        if t["state"] == "failed" and last is not None:
-            log = last["stderr_path"]
+        last = last_attempt.get(tid)
+        if state == "failed" and last is not None:
+            log = last[2]
             tail = log_excerpt(log)
             if not tail:
-                log = last["stdout_path"]
+                log = last[1]
                 tail = log_excerpt(log)
             line.log, line.tail = log, tail
         lines.append(line)

@@ -13,11 +13,11 @@ journal and keeps it through the run.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -34,10 +34,11 @@ def _owner() -> int:
     """Who holds a lock inside this process: the asyncio task, else the thread. Only the
     same one may take it again (a resume holding it through its run), never a second
     run started beside the first in the same process."""
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:
-        task = None
+    task = None
+    aio = sys.modules.get("asyncio")  # not imported (`guildrun status`): no task runs
+    if aio is not None:
+        with contextlib.suppress(RuntimeError):
+            task = aio.current_task()
     return id(task) if task is not None else threading.get_ident()
 
 

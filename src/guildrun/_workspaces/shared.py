@@ -8,25 +8,25 @@ A task's effect is a unit that can be captured, checked and undone, from three p
 - `Baseline`: where the content of any file at run start can be found again (git's
   HEAD for tracked, unmodified files of a repository; the store for everything else),
   so a stray write to a file nobody owns can be undone.
-- `Watcher`: which paths changed since the last check, learnt from inotify (through
-  watchdog) instead of rescanning the tree after every task. A barrier file makes a
-  check see every event that happened before it.
+- `Watcher`: which paths changed since the last check, learnt from inotify (read on
+  the engine's thread, `inotify.Tree`) instead of rescanning the tree after every task.
+  A barrier file makes a check see every event that happened before it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import contextlib
 import hashlib
-import logging
 import os
+import select
 import shutil
 import sqlite3
 import stat as stat_mod
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Collection, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +36,10 @@ from .._git import Git, GitError
 from .._paths import STATE_DIR
 from .._safeio import NotARegularFile, TooLarge, read_regular
 from .base import Check, Manifest, Workspace
+from .inotify import Tree
 from .ownership import Ownership
 from .protected import Protected
 
-# "attrib": a chmod, and a new hard link (the link count of the file it names changes).
-_WRITES = frozenset({"created", "modified", "deleted", "moved", "closed", "attrib"})
 _SKIP = (".git", STATE_DIR)
 FOLDER = "folder"  # a manifest's value for a folder that exists
 
@@ -449,7 +448,15 @@ class Pack:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.db = self._open()
+        self._db: sqlite3.Connection | None = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """Made on first use: a tree with nothing to copy needs none, and making a
+        SQLite file in WAL mode costs 10-25 ms on a busy disk."""
+        if self._db is None:
+            self._db = self._open()
+        return self._db
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -494,14 +501,15 @@ class Pack:
 
     def clear(self) -> None:
         """Start empty: a pack left damaged by a power loss is never read again."""
-        self.db.close()
+        self.close()
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 Path(f"{self.path}{suffix}").unlink()
-        self.db = self._open()
 
     def close(self) -> None:
-        self.db.close()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
 
 def walk_under(root: Path, rel_folder: str) -> Iterator[tuple[str, os.stat_result]]:
@@ -534,89 +542,74 @@ def _git_state(root: Path) -> tuple[dict[str, str], set[str]]:
 class Watcher:
     """Paths changed under the root since the last `take()`, from inotify.
 
-    The observer thread only adds to a set; the engine swaps the set out at each check.
-    A check first writes a barrier file and waits until the observer reports it, so
-    every change made before the check is in the set it returns. A folder moved away
+    The reader (`inotify.Tree`) runs on the engine's thread: its queue is drained by the
+    event loop as events come (so it never overflows while tasks run) and at each check.
+    A check first makes a barrier file and reads the queue until the barrier's event is
+    in: inotify queues an event inside the system call that made the change, in order,
+    so every change made before the check is in the set it returns. A folder moved away
     is reported as the folder alone; `Baseline.expand` turns it into its files.
     """
 
     def __init__(self, root: Path) -> None:
-        from watchdog.events import FileSystemEvent, FileSystemEventHandler
-        from watchdog.observers import Observer
-
-        # watchdog reports two harmless races of its own (a watch added twice for a folder
-        # made while it scans, a read at stop); they are not the user's concern.
-        logging.getLogger("watchdog.observers.inotify").setLevel(logging.CRITICAL)
-        warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning)
         self.root = root
-        self._changed: set[str] = set()
-        self._lock = threading.Lock()
-        self._barrier_seen = threading.Condition(self._lock)
-        self._barrier_dir = root / STATE_DIR / "barrier"
-        self._barrier_dir.mkdir(parents=True, exist_ok=True)
-        self._barrier_prefix = str(self._barrier_dir) + os.sep
-        self._seen_token = 0
-        self._token = 0
-        root_s = str(root) + os.sep
-        skip = tuple(root_s + s for s in _SKIP)
-        watcher = self
+        barrier_dir = root / STATE_DIR / "barrier"
+        barrier_dir.mkdir(parents=True, exist_ok=True)
+        mark = f"{STATE_DIR}/barrier/mark"
+        skip = tuple(f"{s}/" for s in _SKIP)
+        self._marked = False
 
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event: FileSystemEvent) -> None:
-                if event.event_type not in _WRITES:
-                    return  # reads (opened, closed_no_write) change nothing
-                for raw in (event.src_path, getattr(event, "dest_path", "")):
-                    p = os.fsdecode(raw)
-                    if not p:
-                        continue
-                    if p.startswith(watcher._barrier_prefix):
-                        name = p[len(watcher._barrier_prefix) :]
-                        if name.isdigit():
-                            with watcher._lock:
-                                watcher._seen_token = max(watcher._seen_token, int(name))
-                                watcher._barrier_seen.notify_all()
-                        continue
-                    if p.startswith(skip) or not p.startswith(root_s):
-                        continue
-                    if event.is_directory and event.event_type == "modified":
-                        continue
-                    rel = p[len(root_s) :].replace(os.sep, "/")
-                    with watcher._lock:
-                        watcher._changed.add(rel)
+        def keep(rel: str) -> bool:
+            if rel == mark:
+                self._marked = True
+                return False
+            return not (rel in _SKIP or rel.startswith(skip))
 
-        # One recursive watch, so one inotify queue: its events come in the order they
-        # happened, and the barrier (inside .guildrun) comes after every change made
-        # before it, moves included. Events under .git and .guildrun are dropped above.
-        self.observer = Observer()
-        self.observer.schedule(Handler(), str(root), recursive=True)
-        self.observer.start()
+        # One instance, so one queue: its events come in the order they happened, and
+        # the barrier (inside .guildrun) comes after every change made before it, moves
+        # included. .git and .guildrun are not watched, but for the barrier's folder.
+        self._tree = Tree(str(root), skip=_SKIP, also=[f"{STATE_DIR}/barrier"], on_path=keep)
+        # The barrier is a one-byte write to a file kept open: one system call, one
+        # event ("modified"), where making and removing a file took two path lookups.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:
+            self._mark = os.open(root / mark, flags, 0o600)
+        except BaseException:
+            self._tree.close()
+            raise
+        self._loop: asyncio.AbstractEventLoop | None = None
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self._tree.fd, self._tree.read)
 
     def take(self, timeout: float = 5.0) -> set[str] | None:
-        """Changed paths since the last call; None if the barrier was not seen in time."""
-        self._token += 1
-        token = self._token
-        barrier = self._barrier_dir / str(token)
-        # mknod makes the file without opening it: one inotify event ("created") for the
-        # observer thread to turn into Python objects, not three (created, opened, closed).
-        try:
-            os.mknod(barrier, 0o600 | stat_mod.S_IFREG)
-        except FileExistsError:  # left by an engine that was killed: rewriting is seen too
-            barrier.write_bytes(b"")
+        """Changed paths since the last call; None if some may have gone unseen (the
+        queue overflowed, a folder could not be watched, or the barrier was not seen in
+        time): the caller then compares the whole tree."""
+        tree = self._tree
+        self._marked = False
+        os.pwrite(self._mark, b"\0", 0)
+        tree.read()  # the barrier's event is queued already: this sees it
         deadline = time.monotonic() + timeout
-        with self._lock:
-            while self._seen_token < token:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self._barrier_seen.wait(left)
-            out, self._changed = self._changed, set()
-        with contextlib.suppress(FileNotFoundError):
-            barrier.unlink()
+        while not self._marked and not tree.lost:  # lost: the barrier may be too
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            select.select([tree.fd], [], [], min(left, 0.05))
+            tree.read()
+        out, tree.changed = tree.changed, set()
+        if tree.lost or tree.blind:
+            if tree.lost:  # folders made meanwhile may have gone unwatched: watch them
+                tree.lost = False
+                tree.rewatch()
+            return None
         return out
 
     def stop(self) -> None:
-        self.observer.stop()
-        self.observer.join(timeout=5)
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._tree.fd)
+        self._tree.close()
+        os.close(self._mark)
 
 
 class SharedTree(Workspace):
