@@ -37,7 +37,7 @@ class _NoReshare(LongestFirst):
 # ------------------------------------------------------------------ the pure scheduler
 
 
-CHAIN = {
+CHAIN: dict[str, Any] = {
     "specialists": {"w": {"run": ["true"]}},
     "tasks": [
         {"id": "big1", "specialist": "w", "estimate": 2},
@@ -85,7 +85,7 @@ def test_rank_ignores_dependents_in_a_later_phase() -> None:
 # x: six tasks of 1 s; y: two of 3 s. Three slots: D'Hondt gives x two and y one at the
 # phase's start (equal work, tie to the first), so without re-sharing y runs its two tasks
 # one after the other and the phase takes 6 s.
-SHARED = {
+SHARED: dict[str, Any] = {
     "specialists": {"x": {"run": ["true"]}, "y": {"run": ["true"]}},
     "tasks": [{"id": f"x{i}", "specialist": "x", "estimate": 1} for i in range(1, 7)]
     + [{"id": f"y{i}", "specialist": "y", "estimate": 3} for i in (1, 2)],
