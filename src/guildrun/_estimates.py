@@ -10,19 +10,20 @@ A task's past is looked up from the most specific to the least specific match, e
 median of the successful attempts found (a median, so that one slow attempt does not
 move it): the same specialist, files and prompt (the same work); the same specialist and
 task id (the same task, reworded); the same specialist and files; any task of the
-specialist. Only the latest `RECENT_RUNS` runs are read, so a long history costs little.
+specialist. Only the latest `RECENT_RUNS` runs are read (`_journal.durations_by_work`),
+so a long history costs little.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._journal import durations_by_work
 from ._plan import CompiledPlan, TaskSpec
 
 RECENT_RUNS = 30
@@ -63,45 +64,14 @@ def _keys(spec: str, task_id: str, files: Iterable[str], prompt: str | None) -> 
 
 def history(journal_file: Path | None) -> dict[object, float]:
     """Median seconds per lookup key (see the module docstring) from the journal."""
-    if journal_file is None or not journal_file.exists():
-        return {}
-    try:
-        db = sqlite3.connect(f"file:{journal_file}?mode=ro", uri=True)
-    except sqlite3.Error:
+    if journal_file is None:
         return {}
     samples: dict[object, list[float]] = {}
-    try:
-        runs = db.execute(
-            "SELECT r.id, r.plan_json FROM runs r WHERE EXISTS (SELECT 1 FROM attempts a"
-            " WHERE a.run_id = r.id AND a.status = 'ok' AND a.ended IS NOT NULL)"
-            " ORDER BY r.created DESC LIMIT ?",
-            (RECENT_RUNS,),
-        ).fetchall()
-        for run_id, plan_json in runs:
-            prompts = _prompts(plan_json)
-            rows = db.execute(
-                "SELECT t.id, t.specialist, t.files_json, a.ended - a.started FROM attempts a"
-                " JOIN tasks t ON t.run_id = a.run_id AND t.id = a.task_id"
-                " WHERE a.run_id = ? AND a.status = 'ok' AND a.ended IS NOT NULL",
-                (run_id,),
-            )
-            for task_id, spec, files_json, seconds in rows:
-                keys = _keys(spec, task_id, json.loads(files_json), prompts.get(task_id))
-                for key in [*keys, ("specialist", spec)]:
-                    samples.setdefault(key, []).append(float(seconds))
-    except (sqlite3.Error, ValueError, TypeError):
-        return {}
-    finally:
-        db.close()
+    for past in durations_by_work(journal_file, RECENT_RUNS):
+        keys = _keys(past.specialist, past.task, past.files, past.prompt)
+        for key in [*keys, ("specialist", past.specialist)]:
+            samples.setdefault(key, []).append(past.seconds)
     return {k: statistics.median(v) for k, v in samples.items()}
-
-
-def _prompts(plan_json: str) -> dict[str, str | None]:
-    try:
-        tasks = json.loads(plan_json).get("tasks") or []
-        return {str(t["id"]): t.get("prompt") for t in tasks if isinstance(t, dict) and "id" in t}
-    except (ValueError, AttributeError, KeyError):
-        return {}
 
 
 def lookup(task: TaskSpec, prompt: str | None, past: Mapping[object, float]) -> float | None:
