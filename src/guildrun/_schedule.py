@@ -354,8 +354,8 @@ class Instance:
     remaining: int = 0  # cards still in the pile (not started, not ended)
     next_position: int = 0
     front_position: int = 0  # retries go back on the pile before everything else
-    # (key, position, task) and (-key, -position, task); the key is 0, or minus the
-    # task's rank for a strategy that `ranks`.
+    # (key, position, task) and (-key, -position, task); the key is the position, or
+    # minus the task's rank for a strategy that `ranks`.
     ready_front: list[tuple[float, int, int]] = field(default_factory=list)
     ready_back: list[tuple[float, int, int]] = field(default_factory=list)
 
@@ -419,14 +419,17 @@ class Scheduler:
             tail = [self._rank[c] for c in self._children[i] if self.tasks[c].phase_rank == rank]
             if tail:
                 self._rank[i] += max(tail)
-        self._key = [-r for r in self._rank] if self.strategy.ranks else [0.0] * n
+        self._ranks = self.strategy.ranks
+        self._key = [-r for r in self._rank]
         # Estimated work not started yet per specialist, in the open phase (`_reshare`).
         self._todo_work = dict.fromkeys(plan.specialists, 0.0)
         self._todo = [False] * n
         self._started_at = [0.0] * n
         self._chains: dict[str, list[int]] = {}
+        # Built once: `TaskSpec.resources` makes a new tuple on every call.
+        self._resources = [t.resources for t in self.tasks]
         for i in order:
-            for r in self.tasks[i].resources:
+            for r in self._resources[i]:
                 self._chains.setdefault(r, []).append(i)
         self._head = dict.fromkeys(self._chains, 0)
         self._blocked = [0] * n
@@ -711,7 +714,7 @@ class Scheduler:
         self._release(i)
 
     def _release(self, i: int) -> None:
-        for r in self.tasks[i].resources:
+        for r in self._resources[i]:
             chain = self._chains[r]
             h = self._head[r]
             if h >= len(chain) or chain[h] != i:
@@ -769,7 +772,10 @@ class Scheduler:
                 self._push(owner, i)
 
     def _push(self, inst: Instance, i: int) -> None:
-        pos, key = self._position[i], self._key[i]
+        pos = self._position[i]
+        # Plan-order strategies order by position alone: a constant first field would
+        # make every comparison of the heap look at two.
+        key = self._key[i] if self._ranks else pos
         heapq.heappush(inst.ready_front, (key, pos, i))
         heapq.heappush(inst.ready_back, (-key, -pos, i))
 
