@@ -674,9 +674,10 @@ class PastAttempt:
     seconds: float
 
 
-def durations_by_work(path: Path, recent: int = 30) -> list[PastAttempt]:
+def durations_by_work(path: Path, recent: int = 30, most: int = 100_000) -> list[PastAttempt]:
     """Every successful attempt of the latest `recent` runs that have one, newest run
-    first. Empty when there is no readable journal."""
+    first, stopping after the run that brings it to `most`. Empty when there is no
+    readable journal."""
     if not path.exists():
         return []
     try:
@@ -692,6 +693,8 @@ def durations_by_work(path: Path, recent: int = 30) -> list[PastAttempt]:
             (recent,),
         ).fetchall()
         for run_id, plan_json in runs:
+            if len(out) >= most:
+                break
             prompts = _prompts(plan_json)
             rows = db.execute(
                 "SELECT t.id, t.specialist, t.files_json, a.ended - a.started FROM attempts a"

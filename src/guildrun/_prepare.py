@@ -143,7 +143,8 @@ def prepare(
         assert known is not None
         chosen, why = choose(compiled, known, limits, settings.total_parallel)
         settings = settings.model_copy(update={"strategy": chosen})
-        notes.append(f"strategy auto: {chosen} ({why})")
+        if known.known:  # a first run, as before the default was auto, says nothing new
+            notes.append(f"strategy auto: {chosen} ({why})")
     elif known is not None and known.known:
         notes.append(f"estimates: {known.describe()}")
     compiled = CompiledPlan(
