@@ -16,15 +16,17 @@ so a long history costs little.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._journal import durations_by_work
-from ._plan import CompiledPlan, TaskSpec
+
+if TYPE_CHECKING:
+    from ._plan import CompiledPlan, TaskSpec
 
 RECENT_RUNS = 30
 GIVEN, LEARNED, FILLED = "given", "learned", "mean"
@@ -53,13 +55,9 @@ class Estimates:
         return text
 
 
-def _digest(text: str | None) -> str:
-    return hashlib.sha256((text or "").encode()).hexdigest()[:16]
-
-
 def _keys(spec: str, task_id: str, files: Iterable[str], prompt: str | None) -> list[object]:
     owned = json.dumps(sorted(files))
-    return [("work", spec, owned, _digest(prompt)), ("id", spec, task_id), ("files", spec, owned)]
+    return [("work", spec, owned, prompt or ""), ("id", spec, task_id), ("files", spec, owned)]
 
 
 def history(journal_file: Path | None) -> dict[object, float]:
