@@ -134,16 +134,16 @@ def prepare(
     }
     known: Estimates | None = None
     ranked = strategy.ranks if strategy is not None else settings.strategy in RANKED
-    if ranked:
+    history = journal_path(project_root)
+    if ranked and (history.exists() or any(t.estimate is not None for t in compiled.tasks)):
         from ._estimates import estimate
 
         prompts = {t.id: t.prompt for t in model.tasks}
-        known = estimate(compiled, journal_path(project_root), prompts)
+        known = estimate(compiled, history, prompts)
     if strategy is None and settings.strategy == "auto":
-        assert known is not None
         chosen, why = choose(compiled, known, limits, settings.total_parallel)
         settings = settings.model_copy(update={"strategy": chosen})
-        if known.known:  # a first run, as before the default was auto, says nothing new
+        if known is not None and known.known:  # a first run says nothing new
             notes.append(f"strategy auto: {chosen} ({why})")
     elif known is not None and known.known:
         notes.append(f"estimates: {known.describe()}")
@@ -159,11 +159,11 @@ RANKED = ("auto", "longest-first")  # strategies that use estimates (given or le
 
 
 def choose(
-    plan: CompiledPlan, known: Estimates, limits: Mapping[str, int], total: int
+    plan: CompiledPlan, known: Estimates | None, limits: Mapping[str, int], total: int
 ) -> tuple[str, str]:
     """What `strategy: auto` runs, and why: work stealing while no task's length is
     known (a first run); with estimates given or learned, the best predicted wall time."""
-    if not known.known:
+    if known is None or not known.known:
         return "work-stealing", "no estimates given or learned yet: work stealing"
     source = "estimates: " + known.describe()
     if len(plan.tasks) > SIMULATE_AT_MOST:
