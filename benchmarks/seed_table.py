@@ -138,7 +138,10 @@ WHY_SCHEDULE = (
 )
 WHY_ENGINE = (
     "The simulator predicts {sim:.2f}x for the same plan, so the schedule allows the "
-    "target and the loss is engine time per task (process start, journal commits, "
-    "ownership checks) against tasks of a fraction of a second; at real model-call "
-    "lengths it vanishes. The first run, knowing nothing, reached {first:.2f}x."
+    "target and the loss is the real run's: engine time per task (process start, journal "
+    "commits, ownership checks) against tasks of a fraction of a second, and the second "
+    "run's piles being balanced on the lengths the first run measured, each off by the "
+    "tens of milliseconds a start and a reap vary on a loaded machine, which is a few "
+    "percent of these tasks; at real model-call lengths both vanish. The first run, "
+    "knowing nothing, reached {first:.2f}x."
 )
