@@ -261,3 +261,8 @@ def test_learned_estimates_match_the_most_specific_past_work(project: Path) -> N
         "given": "given",
     }
     assert found.describe() == "1 from the plan, 3 learned from past runs"
+
+
+def test_without_estimates_the_deal_is_round_robin() -> None:
+    piles = balanced(range(7), 3, lambda _t: 0.0)
+    assert piles == [[0, 3, 6], [1, 4], [2, 5]]

@@ -181,17 +181,19 @@ class WorkStealing(Distribution):
 
 
 class LongestFirst(WorkStealing):
-    """Critical path first: deal the highest-ranked tasks first, and a free instance takes
-    the highest-ranked ready one; slots move between specialists by the work they have left.
+    """Critical path first, on piles of equal estimated work; slots move between
+    specialists by the work they have left.
 
     A task's rank is its estimate plus the longest chain of estimates among the tasks of
     its phase that wait on it (`Scheduler.rank`): the list-scheduling rule that keeps a
-    long task, or the head of a long chain, from starting late. Without dependencies it
-    is LPT. The slots are first shared once per phase (`fair_share`); then, whenever an
-    instance is free while every slot is taken, its slot goes to the specialist that
-    would otherwise finish last (`Scheduler._reshare`), since a whole-slot share fixed at
-    the phase's start leaves one specialist running alone at its end. Without estimates
-    every rank is 0 and it behaves like work stealing that takes from the front.
+    long task, or the head of a long chain, from starting late. Each specialist's tasks
+    are dealt into piles of nearly equal estimated work (`balanced`), and a free instance
+    takes the highest-ranked ready task of its own pile, else the highest-ranked one at
+    the front of a sibling's. The slots are first shared once per phase (`fair_share`);
+    then, whenever an instance is free while every slot is taken, its slot goes to the
+    specialist that would otherwise finish last (`Scheduler._reshare`), since a
+    whole-slot share fixed at the phase's start leaves one specialist running alone at
+    its end. Without estimates every rank is 0: a round-robin deal in plan order.
     """
 
     name = "longest-first"
@@ -235,12 +237,12 @@ def balanced(
     ordered = sorted(tasks, key=lambda t: -weight(t))  # stable: plan order breaks ties
     out: list[list[int]] = [[] for _ in range(piles)]
     load = [0.0] * piles
-    heap = [(0.0, j) for j in range(piles)]
+    heap = [(0.0, 0, j) for j in range(piles)]  # ties to the pile with fewer tasks
     for t in ordered:
-        _, j = heapq.heappop(heap)
+        _, count, j = heapq.heappop(heap)
         out[j].append(t)
         load[j] += weight(t)
-        heapq.heappush(heap, (load[j], j))
+        heapq.heappush(heap, (load[j], count + 1, j))
     budget = effort
     while piles > 1 and budget > 0:
         hi = max(range(piles), key=lambda j: load[j])
