@@ -20,10 +20,10 @@ from ._paths import find_root
 from ._plan import CompiledPlan, Plan, Specialist, compile_plan, load_plan
 from ._policies.retry import RetryPolicy
 from ._schedule import Distribution, distribution
+from ._settings import Settings, read_project_config, resolve_settings
 
 if TYPE_CHECKING:
     from ._estimates import Estimates
-from ._settings import Settings, read_project_config, resolve_settings
 
 
 @dataclass(frozen=True)
