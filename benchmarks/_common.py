@@ -158,6 +158,7 @@ def predicted_wall(plan: guildrun.Plan, root: Path, seconds: Mapping[str, float]
         limits=p.limits,
         total=p.settings.total_parallel,
         strategy=distribution(p.settings.strategy),
+        estimates=p.expected(),
     )
     return sim.wall
 

@@ -185,29 +185,6 @@ Reported, not fixed here (the benchmarks own no engine code).
   `guildrun report --json` gave `analysis.overhead_s` 0.641, their plain sum; the time
   actually spent is 0.592 (journal + ownership + sampling). These benchmarks count each
   second once.
-- **Slots are shared in whole numbers, once per phase.** `fair_share` now splits
-  `total_parallel` by work (D'Hondt), but only when a phase is dealt, and a specialist
-  gains a slot only when another runs out of ready tasks. With two specialists, 4
-  instances each and 6 slots, longest-first with exact estimates stays 6% above the
-  bound on scenario 2's "a few giants", and comes within 2% of it with 8 slots
-  (simulator only; `PYTHONPATH=.` from the repository):
-
-  ```python
-  from benchmarks import schedule as s
-  from benchmarks._common import lower_bound, predicted_wall, project, sleep_plan
-
-  work = s.workload("a few giants", 48, s.SEED + 2)
-  for total in (6, 8):
-      plan = sleep_plan(
-          work, unit_s=1, per_agent_type=4, total=total, strategy="longest-first", estimates=True
-      )
-      with project() as root:
-          wall = predicted_wall(plan, root, {w.id: w.units for w in work})
-      print(total, round(wall / lower_bound(work, dict.fromkeys(s.SPECIALISTS, 4), total), 3))
-  # 6 1.059, 8 1.016
-  ```
-
-  Re-sharing by remaining estimated work whenever an instance frees up would close it.
 - **The environment is still encoded per command.** The engine passes each specialist's
   environment pre-encoded as bytes, but `subprocess.Popen._execute_child` still calls
   `os.fsencode` on every name and value: 226,000 calls for 2,000 `true` tasks (cProfile

@@ -249,6 +249,16 @@ WHY_ANY = (
 
 # Written after profiling a miss of this step; used only when it misses again.
 WHY = {
+    "simulate": (
+        "Fitted on two sizes only (10,000 and 100,000), on a machine shared with other "
+        "work, so one noisy point moves it. The simulation itself is linear in work done: "
+        "callgrind counts 1.48e9 instructions for `simulate()` at 10,000 tasks and 4.50e9 "
+        "at 30,000 (3.04x for 3x). What grew faster was the cyclic garbage collector "
+        "walking the simulation's growing heap of decisions (half of `simulate()` at "
+        "100,000 tasks), now switched off while it runs, and memory traffic: per task, "
+        "the same instructions cost more once the plan no longer fits in the caches. The "
+        "rest of the command is `prepare` (see plan --json)."
+    ),
     "plan --json": (
         "Fitted on two sizes only (10,000 and 100,000; 1,000 is within start-up noise), so "
         "one noisy point moves it: the same 10,000-task command timed again outside the run "

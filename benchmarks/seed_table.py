@@ -44,60 +44,56 @@ def workload(specialist: str, n: int, seed: int) -> list[Work]:
     ]
 
 
+GOAL = 2.93
+
+
 def run(mode: Mode) -> Section:
     minute = 0.01 if mode.quick else 0.1
     rows: list[list[str]] = []
     targets: list[Target] = []
-    lpt: list[str] = []
     for k, (name, specialist, n) in enumerate(WORKLOADS):
         work = workload(specialist, n, SEED + k)
         seconds = {w.id: w.units * minute for w in work}
-        walls: dict[int, float] = {}
-        predicted: dict[int, float] = {}
-        for instances in (1, 3):
-            plan = sleep_plan(work, unit_s=minute, per_agent_type=instances, total=20)
-            with project() as root:
-                walls[instances] = run_api(plan, root).wall_s
-                predicted[instances] = predicted_wall(plan, root, seconds)
-        longest: dict[int, float] = {}
+        # Each plan twice in one project, nothing given by hand: the first run knows
+        # nothing (work stealing); the second learns the lengths from the first's journal.
+        walls: dict[tuple[int, int], float] = {}
+        predicted: dict[tuple[int, int], float] = {}
         for instances in (1, 3):
             plan = sleep_plan(
-                work,
-                unit_s=minute,
-                per_agent_type=instances,
-                total=20,
-                strategy="longest-first",
-                estimates=True,
+                work, unit_s=minute, per_agent_type=instances, total=20, strategy="auto"
             )
             with project() as root:
-                longest[instances] = predicted_wall(plan, root, seconds)
-        lpt.append(f"{name} {fmt_x(longest[1] / longest[3])}")
+                for attempt in (1, 2):
+                    predicted[instances, attempt] = predicted_wall(plan, root, seconds)
+                    walls[instances, attempt] = run_api(plan, root).wall_s
         bound = lower_bound(work, {specialist: 3}, 20)
         total_units = sum(w.units for w in work)
         ideal = total_units / bound
-        speedup = walls[1] / walls[3]
+        first = walls[1, 1] / walls[3, 1]
+        second = walls[1, 2] / walls[3, 2]
+        simulated = {a: predicted[1, a] / predicted[3, a] for a in (1, 2)}
         rows.append(
             [
                 f"{name} ({n})",
                 f"{total_units:.0f} min",
-                f"{walls[1]:.2f} s",
-                f"{walls[3]:.2f} s",
-                fmt_x(speedup),
-                fmt_x(predicted[1] / predicted[3]),
+                f"{walls[1, 2]:.2f} s",
+                f"{walls[3, 1]:.2f} s",
+                f"{walls[3, 2]:.2f} s",
+                f"{fmt_x(first)} (sim {fmt_x(simulated[1])})",
+                f"{fmt_x(second)} (sim {fmt_x(simulated[2])})",
                 fmt_x(ideal),
             ]
         )
         if ideal >= 3.0 - 1e-9:
-            simulated = predicted[1] / predicted[3]
             targets.append(
                 Target(
-                    f"seed table: {name}, 3 instances vs 1",
-                    "≥ 2.90x",
-                    fmt_x(speedup),
-                    speedup >= 2.9,
-                    why=WHY_SCHEDULE.format(sim=simulated, lpt=longest[1] / longest[3])
-                    if simulated < 2.9
-                    else WHY_ENGINE.format(sim=simulated),
+                    f"seed table: {name}, 3 instances vs 1, 2nd run",
+                    f"≥ {GOAL:.2f}x",
+                    fmt_x(second),
+                    second >= GOAL,
+                    why=(WHY_SCHEDULE if simulated[2] < GOAL else WHY_ENGINE).format(
+                        sim=simulated[2], first=first
+                    ),
                 )
             )
     return Section(
@@ -107,40 +103,45 @@ def run(mode: Mode) -> Section:
         about=(
             f"{STAND_IN_NOTE}; one minute of the seed's table = {minute} s here. Lengths: "
             "log-normal, mean 2 min, sigma 0.5, clipped to [0.5, 6] min, seeded per "
-            "workload. Strategy work-stealing (the default), no estimates. Speedup = wall with 1 "
-            "instance / wall with 3; 'bound' = work / max(work/3, longest task), the best "
-            "any schedule of 3 instances can do; 'simulated' = the same ratio from "
-            "`simulate`."
+            "workload. Nothing is given by hand: no `estimate:`, no strategy (the default, "
+            "`auto`). Each plan (1 instance, 3 instances) runs twice in one project: the "
+            "first run knows nothing and steals work in plan order; the second finds the "
+            "first run's durations in the journal and runs longest-first on them. Speedup = "
+            "wall with 1 instance / wall with 3, for the 1st and the 2nd runs; 'bound' = "
+            "work / max(work/3, longest task), the best any schedule of 3 instances can do; "
+            "'sim' = the same ratio from `simulate`."
         ),
         columns=[
             "workload",
             "work",
             "1 instance",
-            "3 instances",
-            "speedup",
-            "simulated",
+            "3 instances, 1st run",
+            "3 instances, 2nd run",
+            "speedup, 1st run",
+            "speedup, 2nd run",
             "bound",
         ],
         rows=rows,
         targets=targets,
         notes=[
-            "the 2.9x target applies only to rows whose bound allows 3x",
-            "the same tasks with estimates and `strategy: longest-first`, simulated: "
-            + ", ".join(lpt),
+            f"the {GOAL}x target applies to the 2nd run of rows whose bound allows 3x",
+            "'1 instance' is the 2nd run; one instance runs the tasks one after another "
+            "whatever it knows",
         ],
     )
 
 
 WHY_SCHEDULE = (
-    "The simulator predicts {sim:.2f}x for the same plan with no engine overhead at all, "
-    "so the shortfall is the schedule: work stealing, the default, starts tasks in plan "
-    "order, and when a long task starts last the other instances run dry while it "
-    "finishes. With estimates in the plan and `strategy: longest-first` (or `auto`) the "
-    "simulator predicts {lpt:.2f}x for the same tasks; that is what closes it."
+    "The simulator predicts {sim:.2f}x for the second run with no engine overhead at all, "
+    "so the shortfall is the schedule: the learned lengths do not split into three equal "
+    "piles closely enough. The first run, knowing nothing, reached {first:.2f}x."
 )
 WHY_ENGINE = (
     "The simulator predicts {sim:.2f}x for the same plan, so the schedule allows the "
-    "target and the loss is engine time per task (process start, journal commits, "
-    "ownership checks) against tasks of a fraction of a second; at real model-call "
-    "lengths it vanishes."
+    "target and the loss is the real run's: engine time per task (process start, journal "
+    "commits, ownership checks) against tasks of a fraction of a second, and the second "
+    "run's piles being balanced on the lengths the first run measured, each off by the "
+    "tens of milliseconds a start and a reap vary on a loaded machine, which is a few "
+    "percent of these tasks; at real model-call lengths both vanish. The first run, "
+    "knowing nothing, reached {first:.2f}x."
 )

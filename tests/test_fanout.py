@@ -126,7 +126,11 @@ def test_dry_run_is_the_plan_fanout_runs(
     assert first["id"] == fanned["run_id"] and second["id"] == ran["run_id"]
     # The very same plan, settings and limits were journaled for both runs.
     assert first["plan_json"] == second["plan_json"]
-    assert first["settings_json"] == second["settings_json"]
+    # Except the strategy: `auto` (the default) learned the first run's task lengths.
+    first_settings, second_settings = (json.loads(r["settings_json"]) for r in (first, second))
+    assert first_settings.pop("strategy") == "work-stealing"
+    assert second_settings.pop("strategy") in ("work-stealing", "longest-first")
+    assert first_settings == second_settings
     assert first["limits_json"] == second["limits_json"]
     assert json.loads(first["limits_json"]) == {Path(sys.executable).name: 2}
     assert tasks(root, first["id"]) == tasks(root, second["id"])

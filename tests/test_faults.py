@@ -246,7 +246,8 @@ def test_scope_isolation_and_fail_fast(guildrun: Runner, project: Path) -> None:
     write_plan(
         project,
         {
-            "settings": {"per_agent_type": 1, "isolation": "scope"},
+            # Plan order, on the second run too (`auto` would start the learned longest).
+            "settings": {"per_agent_type": 1, "isolation": "scope", "strategy": "work-stealing"},
             "specialists": {"w": agent(project)},
             "tasks": [{**t, "specialist": "w"} for t in tasks],
         },

@@ -213,9 +213,17 @@ def check_run(
     total: int,
     strategy: Any,
     fails: set[str],
+    estimates: dict[str, float] | None = None,
 ) -> None:
     now = 0.0
-    sched = Scheduler(plan, limits=limits, total=total, strategy=strategy, clock=lambda: now)
+    sched = Scheduler(
+        plan,
+        limits=limits,
+        total=total,
+        strategy=strategy,
+        clock=lambda: now,
+        estimates=estimates,
+    )
     heap: list[tuple[float, str]] = []
     intervals: dict[str, tuple[float, float, str]] = {}
     started_at: dict[str, tuple[float, str]] = {}
@@ -274,7 +282,9 @@ def check_run(
 
 
 @settings(max_examples=100, deadline=None)
-@given(random_plans(), st.sampled_from(["work-stealing", "round-robin"]), st.data())
+@given(
+    random_plans(), st.sampled_from(["work-stealing", "round-robin", "longest-first"]), st.data()
+)
 def test_properties_hold_for_random_plans(
     case: tuple[dict[str, Any], dict[str, float], dict[str, int], int],
     strategy_name: str,
@@ -283,8 +293,16 @@ def test_properties_hold_for_random_plans(
     plan_data, durations, limits, total = case
     plan = compiled(plan_data, Path.cwd())
     fails = data.draw(st.sets(st.sampled_from(sorted(durations))))
-    strategy = WorkStealing() if strategy_name == "work-stealing" else RoundRobin()
-    check_run(plan, durations, limits, total, strategy, fails)
+    strategy = distribution(strategy_name)
+    # Longest-first is told estimates that may be wrong: exact, scaled, or any lengths.
+    told = data.draw(st.sampled_from(["exact", "double", "random", "none"]))
+    estimates = {
+        "exact": durations,
+        "double": {t: 2 * d for t, d in durations.items()},
+        "random": {t: data.draw(st.sampled_from([0.1, 1.0, 9.0])) for t in durations},
+        "none": None,
+    }[told]
+    check_run(plan, durations, limits, total, strategy, fails, estimates)
 
 
 def test_fair_share_follows_the_work() -> None:
@@ -394,6 +412,10 @@ def _check_books(s: Scheduler, limits: dict[str, int], total: int) -> None:
         assert s._remaining[spec] == owned + len(s._orphans[spec])
         for inst in insts:
             assert inst.remaining == sum(s._owner[i] is inst for i in range(len(s.tasks)))
+        # The estimated work not started yet, kept up to date for re-sharing.
+        todo = sum(s.weight(t.index) for t in mine if s._todo[t.index])
+        assert abs(s._todo_work[spec] - todo) < 1e-9
+        assert all(not s._todo[t.index] or not s.state[t.index].terminal for t in mine)
 
 
 def test_random_operations_keep_the_books_and_never_stall() -> None:

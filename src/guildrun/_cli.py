@@ -455,13 +455,15 @@ def _cmd_plan(args: argparse.Namespace, out: Console) -> int:
         limits=prepared.limits,
         total=prepared.settings.total_parallel,
         strategy=distribution(prepared.settings.strategy),
+        estimates=prepared.expected(),
     )
     phases = sched.deal_by_phase()
     simulation: dict[str, Any] | None = None
     if args.simulate:
         from ._simulate import estimates, predict
 
-        durations, source = estimates(plan, journal_path(prepared.root))
+        prompts = {t.id: t.prompt for t in prepared.source.tasks}
+        durations, source = estimates(plan, journal_path(prepared.root), prompts)
         ranked = predict(
             plan, durations, limits=prepared.limits, total=prepared.settings.total_parallel
         )
@@ -482,6 +484,12 @@ def _cmd_plan(args: argparse.Namespace, out: Console) -> int:
         }
         if simulation is not None:
             data["simulation"] = simulation
+        if prepared.estimates is not None and prepared.estimates.known:
+            known = prepared.estimates
+            data["estimates"] = {
+                tid: {"seconds": round(sec, 4), "from": known.origin[tid]}
+                for tid, sec in known.seconds.items()
+            }
         print(json.dumps(data, indent=2))
         return 0
     for note in prepared.notes:

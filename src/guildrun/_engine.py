@@ -300,6 +300,7 @@ class Engine:
             clock=self.clock.now,
             done=self.resume.done if self.resume else (),
             final=self.resume.final if self.resume else None,
+            estimates=self.p.expected(),
         )
         if self.monitor is not None and (
             self.settings.max_cpu is not None or self.settings.min_free_memory_mb is not None

@@ -722,21 +722,63 @@ class Journal:
         )
 
 
-def durations_by_work(path: Path) -> list[tuple[str, list[str], float]]:
-    """(specialist, files, seconds) of every successful attempt in a journal: the
-    history estimates are learned from. Empty when there is no readable journal."""
+@dataclass(frozen=True, slots=True)
+class PastAttempt:
+    """A successful attempt of a past run: what estimates are learned from."""
+
+    task: str
+    specialist: str
+    files: list[str]
+    prompt: str  # as the plan gave it ("" when it gave none or is unreadable)
+    seconds: float
+
+
+def durations_by_work(path: Path, recent: int = 30, most: int = 100_000) -> list[PastAttempt]:
+    """Every successful attempt of the latest `recent` runs that have one, newest run
+    first, stopping after the run that brings it to `most`. Empty when there is no
+    readable journal."""
+    if not path.exists():
+        return []
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     except sqlite3.Error:
         return []
+    out: list[PastAttempt] = []
     try:
-        rows = db.execute(
-            "SELECT t.specialist, t.files_json, a.ended - a.started FROM attempts a"
-            " JOIN tasks t ON t.run_id = a.run_id AND t.id = a.task_id"
-            " WHERE a.status = 'ok' AND a.ended IS NOT NULL"
+        runs = db.execute(
+            "SELECT r.id, r.plan_json FROM runs r WHERE EXISTS (SELECT 1 FROM attempts a"
+            " WHERE a.run_id = r.id AND a.status = 'ok' AND a.ended IS NOT NULL)"
+            " ORDER BY r.created DESC LIMIT ?",
+            (recent,),
         ).fetchall()
-    except sqlite3.Error:
+        for run_id, plan_json in runs:
+            if len(out) >= most:
+                break
+            prompts = _prompts(plan_json)
+            rows = db.execute(
+                "SELECT t.id, t.specialist, t.files_json, a.ended - a.started FROM attempts a"
+                " JOIN tasks t ON t.run_id = a.run_id AND t.id = a.task_id"
+                " WHERE a.run_id = ? AND a.status = 'ok' AND a.ended IS NOT NULL",
+                (run_id,),
+            )
+            for tid, spec, files, d in rows:
+                out.append(
+                    PastAttempt(tid, spec, json.loads(files), prompts.get(tid, ""), float(d))
+                )
+    except (sqlite3.Error, ValueError):
         return []
     finally:
         db.close()
-    return [(spec, json.loads(files), float(d)) for spec, files, d in rows]
+    return out
+
+
+def _prompts(plan_json: str) -> dict[str, str]:
+    try:
+        tasks = json.loads(plan_json).get("tasks") or []
+        return {
+            str(t["id"]): str(t.get("prompt") or "")
+            for t in tasks
+            if isinstance(t, dict) and "id" in t
+        }
+    except (ValueError, AttributeError):
+        return {}

@@ -241,8 +241,10 @@ def plan_preview(prepared: Prepared) -> dict[str, Any]:
         limits=prepared.limits,
         total=total,
         strategy=distribution(prepared.settings.strategy),
+        estimates=prepared.expected(),
     )
-    durations, source = estimates(plan, journal_path(prepared.root))
+    prompts = {t.id: t.prompt for t in prepared.source.tasks}
+    durations, source = estimates(plan, journal_path(prepared.root), prompts)
     ranked = predict(plan, durations, limits=prepared.limits, total=total)
     best = min(ranked, key=lambda p: (p.wall, p.strategy != "work-stealing"))
     chosen = next((p for p in ranked if p.strategy == prepared.settings.strategy), best)

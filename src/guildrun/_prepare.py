@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import UsageError
 from ._journal import journal_path
@@ -21,6 +21,9 @@ from ._plan import CompiledPlan, Plan, Specialist, compile_plan, load_plan
 from ._policies.retry import RetryPolicy
 from ._schedule import Distribution, distribution
 from ._settings import Settings, read_project_config, resolve_settings
+
+if TYPE_CHECKING:
+    from ._estimates import Estimates
 
 
 @dataclass(frozen=True)
@@ -35,9 +38,19 @@ class Prepared:
     notes: tuple[str, ...] = ()
     strategy: Distribution | None = None  # an object given in code, else settings.strategy
     retry: RetryPolicy | None = None  # a policy given in code, for every task
+    estimates: Estimates | None = None  # given or learned, for a strategy that ranks by them
 
     def distribution(self) -> Distribution:
         return self.strategy if self.strategy is not None else distribution(self.settings.strategy)
+
+    def expected(self) -> dict[str, float] | None:
+        """Seconds per task for the scheduler, when any task's are known."""
+        return self.estimates.seconds if self.estimates and self.estimates.known else None
+
+
+# `strategy: auto` simulates the strategies to choose one only up to this many tasks;
+# above, where three simulations would cost seconds, it takes longest-first.
+SIMULATE_AT_MOST = 2000
 
 
 # The seed's complexity table: (class, most tasks, fewest agents, most agents).
@@ -119,28 +132,47 @@ def prepare(
         name: min(spec.instances or settings.per_agent_type, settings.total_parallel)
         for name, spec in compiled.specialists.items()
     }
-    if strategy is None and settings.strategy == "auto":
-        from ._simulate import estimates, predict
+    known: Estimates | None = None
+    ranked = strategy.ranks if strategy is not None else settings.strategy in RANKED
+    history = journal_path(project_root)
+    if ranked and (history.exists() or any(t.estimate is not None for t in compiled.tasks)):
+        from ._estimates import estimate
 
-        durations, source = estimates(compiled, journal_path(project_root))
-        has_estimates = not source.startswith("none")
-        chosen = "work-stealing"
-        if has_estimates:
-            ranked = predict(compiled, durations, limits=limits, total=settings.total_parallel)
-            chosen = min(ranked, key=lambda p: (p.wall, p.strategy != "work-stealing")).strategy
+        prompts = {t.id: t.prompt for t in model.tasks}
+        known = estimate(compiled, history, prompts)
+    if strategy is None and settings.strategy == "auto":
+        chosen, why = choose(compiled, known, limits, settings.total_parallel)
         settings = settings.model_copy(update={"strategy": chosen})
-        notes.append(
-            f"strategy auto: {chosen} "
-            + (
-                "(best predicted wall time; estimates: " + source + ")"
-                if has_estimates
-                else "(no estimates: work stealing)"
-            )
-        )
+        if known is not None and known.known:  # a first run says nothing new
+            notes.append(f"strategy auto: {chosen} ({why})")
+    elif known is not None and known.known:
+        notes.append(f"estimates: {known.describe()}")
     compiled = CompiledPlan(
         compiled.tasks, compiled.specialists, settings, compiled.source, compiled.by_id
     )
-    return Prepared(compiled, model, project_root, settings, limits, tuple(notes), strategy, retry)
+    return Prepared(
+        compiled, model, project_root, settings, limits, tuple(notes), strategy, retry, known
+    )
+
+
+RANKED = ("auto", "longest-first")  # strategies that use estimates (given or learned)
+
+
+def choose(
+    plan: CompiledPlan, known: Estimates | None, limits: Mapping[str, int], total: int
+) -> tuple[str, str]:
+    """What `strategy: auto` runs, and why: work stealing while no task's length is
+    known (a first run); with estimates given or learned, the best predicted wall time."""
+    if known is None or not known.known:
+        return "work-stealing", "no estimates given or learned yet: work stealing"
+    source = "estimates: " + known.describe()
+    if len(plan.tasks) > SIMULATE_AT_MOST:
+        return "longest-first", f"{source}; over {SIMULATE_AT_MOST} tasks, not simulated"
+    from ._simulate import predict
+
+    ranked = predict(plan, known.seconds, limits=limits, total=total)
+    best = min(ranked, key=lambda p: (p.wall, p.strategy != "longest-first")).strategy
+    return best, f"best predicted wall time; {source}"
 
 
 def with_subagents(model: Plan, root: Path) -> Plan:

@@ -129,7 +129,13 @@ def prepare_resume(
             tries[a["task_id"]] = max(tries.get(a["task_id"], 0), a["attempt"])
     finally:
         journal.close()
-    prepared = Prepared(compiled, model, project, settings, limits)
+    known = None
+    if settings.strategy == "longest-first":  # as chosen (or `auto`'s choice) at the start
+        from ._estimates import estimate
+
+        prompts = {t.id: t.prompt for t in model.tasks}
+        known = estimate(compiled, journal_path(project), prompts)
+    prepared = Prepared(compiled, model, project, settings, limits, estimates=known)
     return prepared, run_id, ResumeState(done, final, tries, results)
 
 

@@ -120,6 +120,7 @@ class Hall(Protocol):
     def peek_front(self, inst: Instance) -> int | None: ...
     def siblings_by_load(self, inst: Instance) -> list[Instance]: ...
     def weight(self, task: int) -> float: ...
+    def rank(self, task: int) -> float: ...
 
 
 class Distribution:
@@ -129,6 +130,8 @@ class Distribution:
     name = "base"
     steals = False
     scales = False
+    ranks = False  # piles ordered by critical path (`Scheduler.rank`), not plan order
+    reshares = False  # move a free slot to the specialist with the most work left per slot
 
     def assign(
         self, tasks: Sequence[int], instances: int, weight: Callable[[int], float]
@@ -178,32 +181,97 @@ class WorkStealing(Distribution):
 
 
 class LongestFirst(WorkStealing):
-    """LPT: deal the longest tasks first, and a free instance takes the longest ready one.
+    """Critical path first, on piles of equal estimated work; slots move between
+    specialists by the work they have left.
 
-    Uses the tasks' estimates; the classic list-scheduling rule that keeps the last,
-    long task from starting late. Without estimates it behaves like work stealing.
+    A task's rank is its estimate plus the longest chain of estimates among the tasks of
+    its phase that wait on it (`Scheduler.rank`): the list-scheduling rule that keeps a
+    long task, or the head of a long chain, from starting late. Each specialist's tasks
+    are dealt into piles of nearly equal estimated work (`balanced`), and a free instance
+    takes the highest-ranked ready task of its own pile, else the highest-ranked one at
+    the front of a sibling's. The slots are first shared once per phase (`fair_share`);
+    then, whenever an instance is free while every slot is taken, its slot goes to the
+    specialist that would otherwise finish last (`Scheduler._reshare`), since a
+    whole-slot share fixed at the phase's start leaves one specialist running alone at
+    its end. Without estimates every rank is 0: a round-robin deal in plan order.
     """
 
     name = "longest-first"
+    ranks = True
+    reshares = True
 
     def assign(
         self, tasks: Sequence[int], instances: int, weight: Callable[[int], float]
     ) -> list[list[int]]:
-        ordered = sorted(tasks, key=lambda t: -weight(t))  # stable: plan order breaks ties
-        return super().assign(ordered, instances, weight)
+        return balanced(tasks, instances, weight)
 
     def pick(self, hall: Hall, inst: Instance) -> tuple[int, Instance | None] | None:
+        own = hall.peek_front(inst)
+        if own is not None:
+            hall.pop_front(inst)
+            return own, None
         best: tuple[float, int, Instance] | None = None
-        for k, cand in enumerate([inst, *hall.siblings_by_load(inst)]):
+        for k, cand in enumerate(hall.siblings_by_load(inst)):
             i = hall.peek_front(cand)
-            if i is not None and (best is None or hall.weight(i) > best[0]):
-                best = (hall.weight(i), k, cand)
+            if i is not None and (best is None or hall.rank(i) > best[0]):
+                best = (hall.rank(i), k, cand)
         if best is None:
             return None
         owner = best[2]
         i = hall.pop_front(owner)
         assert i is not None
         return i, (None if owner is inst else owner)
+
+
+def balanced(
+    tasks: Sequence[int], piles: int, weight: Callable[[int], float], *, effort: int = 200_000
+) -> list[list[int]]:
+    """Deal tasks into piles of nearly equal summed weight, heaviest first in each.
+
+    LPT (each task, heaviest first, to the lightest pile), then moves and swaps between
+    the heaviest and the lightest pile while they narrow the gap: LPT alone can end
+    several percent above the best split, and with accurate estimates the piles are
+    what each instance works through. `effort` bounds the pairs compared, so a huge
+    phase keeps plain LPT. Ties keep plan order.
+    """
+    ordered = sorted(tasks, key=lambda t: -weight(t))  # stable: plan order breaks ties
+    out: list[list[int]] = [[] for _ in range(piles)]
+    load = [0.0] * piles
+    heap = [(0.0, 0, j) for j in range(piles)]  # ties to the pile with fewer tasks
+    for t in ordered:
+        _, count, j = heapq.heappop(heap)
+        out[j].append(t)
+        load[j] += weight(t)
+        heapq.heappush(heap, (load[j], count + 1, j))
+    budget = effort
+    while piles > 1 and budget > 0:
+        hi = max(range(piles), key=lambda j: load[j])
+        lo = min(range(piles), key=lambda j: load[j])
+        gap = load[hi] - load[lo]
+        best: tuple[float, int, int] | None = None  # (new gap, index in hi, index in lo or -1)
+        for a, ta in enumerate(out[hi]):
+            wa = weight(ta)
+            for b, tb in [(-1, -1), *enumerate(out[lo])]:
+                d = wa - (weight(tb) if b >= 0 else 0.0)
+                budget -= 1
+                if 0 < d < gap:
+                    new_gap = abs(gap - 2 * d)
+                    if best is None or new_gap < best[0]:
+                        best = (new_gap, a, b)
+        if best is None or best[0] >= gap - 1e-12:
+            break
+        _, a, b = best
+        ta = out[hi].pop(a)
+        out[lo].append(ta)
+        load[hi] -= weight(ta)
+        load[lo] += weight(ta)
+        if b >= 0:
+            tb = out[lo].pop(b)
+            out[hi].append(tb)
+            load[lo] -= weight(tb)
+            load[hi] += weight(tb)
+    order = {t: k for k, t in enumerate(ordered)}
+    return [sorted(p, key=order.__getitem__) for p in out]
 
 
 STRATEGY_NAMES = ("work-stealing", "round-robin", "longest-first")
@@ -288,8 +356,10 @@ class Instance:
     remaining: int = 0  # cards still in the pile (not started, not ended)
     next_position: int = 0
     front_position: int = 0  # retries go back on the pile before everything else
-    ready_front: list[tuple[int, int]] = field(default_factory=list)  # (position, task)
-    ready_back: list[tuple[int, int]] = field(default_factory=list)  # (-position, task)
+    # (key, position, task) and (-key, -position, task); the key is the position, or
+    # minus the task's rank for a strategy that `ranks`.
+    ready_front: list[tuple[float, int, int]] = field(default_factory=list)
+    ready_back: list[tuple[float, int, int]] = field(default_factory=list)
 
     @property
     def idle(self) -> bool:
@@ -309,6 +379,7 @@ class Scheduler:
         clock: Callable[[], float] = lambda: 0.0,
         done: Iterable[str] = (),
         final: Mapping[str, str] | None = None,
+        estimates: Mapping[str, float] | None = None,
     ) -> None:
         self.plan = plan
         self.tasks: Sequence[TaskSpec] = plan.tasks
@@ -338,9 +409,29 @@ class Scheduler:
                 self._children[by_id[d].index].append(t.index)
         # Exclusion chains: per file or lock, the tasks that use it, in conflict order.
         order = topological_order(self.tasks, by_id)
+        # Expected seconds (given in code, learned or from the plan; 0 when unknown), and
+        # the rank: the longest chain of them from a task to the end of its phase.
+        known = estimates or {}
+        self._weight = [
+            float(known[t.id]) if t.id in known else (t.estimate or 0.0) for t in self.tasks
+        ]
+        self._rank = list(self._weight)
+        for i in reversed(order):
+            rank = self.tasks[i].phase_rank
+            tail = [self._rank[c] for c in self._children[i] if self.tasks[c].phase_rank == rank]
+            if tail:
+                self._rank[i] += max(tail)
+        self._ranks = self.strategy.ranks
+        self._key = [-r for r in self._rank]
+        # Estimated work not started yet per specialist, in the open phase (`_reshare`).
+        self._todo_work = dict.fromkeys(plan.specialists, 0.0)
+        self._todo = [False] * n
+        self._started_at = [0.0] * n
         self._chains: dict[str, list[int]] = {}
+        # Built once: `TaskSpec.resources` makes a new tuple on every call.
+        self._resources = [t.resources for t in self.tasks]
         for i in order:
-            for r in self.tasks[i].resources:
+            for r in self._resources[i]:
                 self._chains.setdefault(r, []).append(i)
         self._head = dict.fromkeys(self._chains, 0)
         self._blocked = [0] * n
@@ -450,7 +541,7 @@ class Scheduler:
             return self._drain()  # a task that must run alone is running
         cap = self.total if limit is None else min(self.total, limit)
         while self.running < cap:
-            progressed = False
+            progressed = self._reshare()
             for insts in self.instances.values():
                 for inst in insts:
                     if inst.idle and self._try_start(inst):
@@ -519,6 +610,7 @@ class Scheduler:
             self._alone = None
         if retry or solo:
             self.state[i] = State.WAITING
+            self._todo_add(i)
             if solo:
                 self._solo.append(i)
             else:
@@ -602,18 +694,29 @@ class Scheduler:
         self._out.append(Skipped(self.tasks[i].id, cause, reason, self.clock()))
         self._skip_dependents(i, cause or self.tasks[i].id)
 
+    def _todo_add(self, i: int) -> None:
+        if not self._todo[i]:
+            self._todo[i] = True
+            self._todo_work[self.tasks[i].specialist] += self._weight[i]
+
+    def _untodo(self, i: int) -> None:
+        if self._todo[i]:
+            self._todo[i] = False
+            self._todo_work[self.tasks[i].specialist] -= self._weight[i]
+
     def _drain(self) -> list[Decision]:
         out, self._out = self._out, []
         return out
 
     def _end(self, i: int, state: State) -> None:
+        self._untodo(i)
         self.state[i] = state
         self._terminal_count += 1
         self._phase_left[self.tasks[i].phase_rank] -= 1
         self._release(i)
 
     def _release(self, i: int) -> None:
-        for r in self.tasks[i].resources:
+        for r in self._resources[i]:
             chain = self._chains[r]
             h = self._head[r]
             if h >= len(chain) or chain[h] != i:
@@ -668,23 +771,29 @@ class Scheduler:
             self._ready_count[self.tasks[i].specialist] += 1
             owner = self._owner[i]
             if owner is not None:
-                pos = self._position[i]
-                heapq.heappush(owner.ready_front, (pos, i))
-                heapq.heappush(owner.ready_back, (-pos, i))
+                self._push(owner, i)
+
+    def _push(self, inst: Instance, i: int) -> None:
+        pos = self._position[i]
+        # Plan-order strategies order by position alone: a constant first field would
+        # make every comparison of the heap look at two.
+        key = self._key[i] if self._ranks else pos
+        heapq.heappush(inst.ready_front, (key, pos, i))
+        heapq.heappush(inst.ready_back, (-key, -pos, i))
 
     def _valid(self, inst: Instance, i: int) -> bool:
         return self.state[i] is State.READY and self._owner[i] is inst
 
     def _pop_front(self, inst: Instance) -> int | None:
         while inst.ready_front:
-            _, i = heapq.heappop(inst.ready_front)
+            _, _, i = heapq.heappop(inst.ready_front)
             if self._valid(inst, i):
                 return i
         return None
 
     def _pop_back(self, inst: Instance) -> int | None:
         while inst.ready_back:
-            _, i = heapq.heappop(inst.ready_back)
+            _, _, i = heapq.heappop(inst.ready_back)
             if self._valid(inst, i):
                 return i
         return None
@@ -710,7 +819,7 @@ class Scheduler:
 
     def peek_front(self, inst: Instance) -> int | None:
         while inst.ready_front:
-            i = inst.ready_front[0][1]
+            i = inst.ready_front[0][2]
             if self._valid(inst, i):
                 return i
             heapq.heappop(inst.ready_front)
@@ -724,7 +833,12 @@ class Scheduler:
         )
 
     def weight(self, task: int) -> float:
-        return self.tasks[task].estimate or 0.0
+        """Expected seconds of a task; 0 when nothing is known."""
+        return self._weight[task]
+
+    def rank(self, task: int) -> float:
+        """Its weight plus the heaviest chain of its phase's tasks that wait on it."""
+        return self._rank[task]
 
     def _start(self, inst: Instance, i: int, victim: Instance | None) -> None:
         # The task's own specialist keeps its queue counts; the instance's specialist (a
@@ -736,6 +850,8 @@ class Scheduler:
             self._remaining[own] -= 1
         self._owner[i] = None
         self._ready_count[own] -= 1
+        self._untodo(i)
+        self._started_at[i] = self.clock()
         self.state[i] = State.RUNNING
         inst.running = i
         self.running += 1
@@ -768,8 +884,7 @@ class Scheduler:
             inst.next_position += 1
             inst.remaining += 1
             if self.state[i] is State.READY:
-                heapq.heappush(inst.ready_front, (self._position[i], i))
-                heapq.heappush(inst.ready_back, (-self._position[i], i))
+                self._push(inst, i)
 
     def _retire(self, inst: Instance) -> None:
         assert inst.idle
@@ -850,6 +965,69 @@ class Scheduler:
                     if not inst.idle:
                         break
         return started
+
+    def _work_left(self) -> dict[str, float]:
+        """Estimated seconds each specialist still has in the open phase: its tasks not
+        started, and what its running tasks are expected to need still."""
+        left = dict(self._todo_work)
+        now = self.clock()
+        for insts in self.instances.values():
+            for inst in insts:
+                i = inst.running
+                if i is not None:
+                    spec = self.tasks[i].specialist
+                    left[spec] += max(0.0, self._weight[i] - (now - self._started_at[i]))
+        return left
+
+    def _reshare(self) -> bool:
+        """Move the slot of an idle instance to the specialist that would finish last.
+
+        Only with every slot taken (else `_scale_up` adds an instance) and only for a
+        strategy that `reshares`. With L(s) the estimated work a specialist has left and
+        n(s) its instances, it finishes in about L(s)/n(s); the idle instance of `o` is
+        retired and one of `s` spawned when L(o)/(n(o)-1) < L(s)/n(s): then the later of
+        the two finishes sooner than before, and the move cannot be undone by the same
+        rule until the work changes. `s` must have a ready task, no idle instance and room
+        under its limit. Without estimates every L is 0 and nothing moves.
+        """
+        if not self.strategy.reshares or self.alive < self.total:
+            return False
+        idle = [x for insts in self.instances.values() for x in insts if x.idle]
+        if not idle:
+            return False
+        left = self._work_left()
+        moved = False
+        for inst in idle:
+            o = inst.specialist
+            n_o = len(self.instances[o])
+            if n_o < 2 and self._remaining[o] > 0:
+                continue
+            best: tuple[float, str] | None = None
+            for s, insts in self.instances.items():
+                if (
+                    s == o
+                    or left[s] <= 0.0
+                    or self._ready_count[s] == 0
+                    or len(insts) >= self.limits[s]
+                    or self.limiters[s].available_tokens == 0
+                    or any(x.idle for x in insts)
+                ):
+                    continue
+                n_s = len(insts)
+                # L(o)/(n_o-1) < L(s)/n_s, multiplied out (n_s may be 0).
+                if left[o] * n_s < left[s] * (n_o - 1):
+                    finish = left[s] / n_s if n_s else float("inf")
+                    if best is None or finish > best[0]:
+                        best = (finish, s)
+            if best is None:
+                continue
+            self._retire(inst)
+            s = best[1]
+            orphans = list(self._orphans[s])
+            self._orphans[s].clear()
+            self._spawn(s, orphans)
+            moved = True
+        return moved
 
     def _scale_up(self) -> bool:
         """Give a specialist with ready work and no free instance another instance.
@@ -937,6 +1115,9 @@ class Scheduler:
         rank = self.phase_rank
         self._out.append(PhaseStarted(PHASES[rank], self.clock()))
         members = self._members(rank, only_waiting=True)
+        for tasks in members.values():
+            for i in tasks:
+                self._todo_add(i)
         deal = self._deal(rank, only_waiting=True, members=members)
         for spec, piles in deal.items():
             for pile in piles:

@@ -45,11 +45,13 @@ class Settings(BaseModel):
         default=20, ge=1, le=10000, description="Agents running at once, across specialists."
     )
     strategy: Strategy = Field(
-        default="work-stealing",
+        default="auto",
         description=(
             "How tasks reach instances: 'work-stealing' (round-robin assignment, idle instances "
             "steal from the back of the busiest sibling), 'round-robin' (static assignment), "
-            "'longest-first' (by task estimates) or 'auto' (the one the simulation finds best)."
+            "'longest-first' (critical path first, by task estimates given or learned from "
+            "past runs) or 'auto', the default (work stealing until estimates are given or "
+            "learned, then the one the simulation finds best)."
         ),
     )
     timeout: float | None = Field(

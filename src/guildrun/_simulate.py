@@ -7,14 +7,12 @@ real time.
 
 from __future__ import annotations
 
+import gc
 import heapq
-import json
-import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._journal import durations_by_work
 from ._plan import CompiledPlan
 from ._schedule import (
     STRATEGY_NAMES,
@@ -61,6 +59,30 @@ def simulate(
     total: int,
     strategy: Distribution | None = None,
     fails: Callable[[str], bool] = lambda _tid: False,
+    estimates: Mapping[str, float] | None = None,
+) -> Simulation:
+    """Run the plan on a clock that jumps; `durations` are the truth, `estimates` what
+    the scheduler is told (as the engine passes them; else the plan's own)."""
+    # A simulation keeps every decision and interval and makes no reference cycles; the
+    # cyclic collector would only walk that growing heap again and again (half the time
+    # of a 100,000-task simulation), so it is off until the end.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _simulate(plan, durations, limits, total, strategy, fails, estimates)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _simulate(
+    plan: CompiledPlan,
+    durations: Mapping[str, float] | Callable[[str], float],
+    limits: Mapping[str, int],
+    total: int,
+    strategy: Distribution | None,
+    fails: Callable[[str], bool],
+    estimates: Mapping[str, float] | None,
 ) -> Simulation:
     now = 0.0
 
@@ -68,7 +90,9 @@ def simulate(
         return now
 
     duration = durations if callable(durations) else durations.__getitem__
-    sched = Scheduler(plan, limits=limits, total=total, strategy=strategy, clock=clock)
+    sched = Scheduler(
+        plan, limits=limits, total=total, strategy=strategy, clock=clock, estimates=estimates
+    )
     log: list[Decision] = []
     running: list[tuple[float, int, str]] = []
     starts: dict[str, Started] = {}
@@ -138,53 +162,23 @@ def predict(
 ) -> list[Prediction]:
     out = []
     for name in strategies:
-        sim = simulate(plan, durations, limits=limits, total=total, strategy=distribution(name))
+        sim = simulate(
+            plan,
+            durations,
+            limits=limits,
+            total=total,
+            strategy=distribution(name),
+            estimates=durations,
+        )
         out.append(Prediction(name, sim.wall, sim.speedup, utilization(sim)))
     return out
 
 
-def estimates(plan: CompiledPlan, journal_file: Path | None) -> tuple[dict[str, float], str]:
-    """Expected seconds per task: the plan's `estimate`, else what past runs took.
+def estimates(
+    plan: CompiledPlan, journal_file: Path | None, prompts: Mapping[str, str] | None = None
+) -> tuple[dict[str, float], str]:
+    """Expected seconds per task and where they came from (`_estimates.estimate`)."""
+    from ._estimates import estimate
 
-    Past runs count when the same specialist did a task owning the same files (else
-    any task of that specialist). Returns the estimates and where they came from.
-    """
-    out = {t.id: t.estimate for t in plan.tasks if t.estimate is not None}
-    learned = 0
-    if len(out) < len(plan.tasks) and journal_file is not None and journal_file.exists():
-        exact, by_spec = _history(journal_file)
-        for t in plan.tasks:
-            if t.id in out:
-                continue
-            key = (t.specialist, json.dumps(sorted(t.files)))
-            if key in exact:
-                out[t.id] = exact[key]
-            elif t.specialist in by_spec:
-                out[t.id] = by_spec[t.specialist]
-            else:
-                continue
-            learned += 1
-    given = len(out) - learned
-    if not out:
-        return {t.id: 1.0 for t in plan.tasks}, "none (every task counted as 1 s)"
-    mean = sum(out.values()) / len(out)
-    missing = len(plan.tasks) - len(out)
-    for t in plan.tasks:
-        out.setdefault(t.id, mean)
-    source = f"{given} from the plan, {learned} learned from past runs"
-    if missing:
-        source += f", {missing} set to the mean ({mean:.2f} s)"
-    return out, source
-
-
-def _history(path: Path) -> tuple[dict[tuple[str, str], float], dict[str, float]]:
-    exact: dict[tuple[str, str], list[float]] = {}
-    by_spec: dict[str, list[float]] = {}
-    for spec, owned, d in durations_by_work(path):
-        files = json.dumps(sorted(owned))
-        exact.setdefault((spec, files), []).append(d)
-        by_spec.setdefault(spec, []).append(d)
-    return (
-        {k: statistics.median(v) for k, v in exact.items()},
-        {k: statistics.median(v) for k, v in by_spec.items()},
-    )
+    found = estimate(plan, journal_file, prompts)
+    return found.seconds, found.describe()
