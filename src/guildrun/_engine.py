@@ -1057,6 +1057,10 @@ async def run_prepared(
             monitor = None
             if prepared.settings.sample_interval > 0:
                 monitor = Monitor(prepared.settings.max_cpu, prepared.settings.min_free_memory_mb)
+            if executor is None and prepared.settings.backend == "ray":
+                from ._executors.ray import ray_executor
+
+                executor = ray_executor(prepared)
             if executor is None:
                 executor = local_executor(prepared, monitor)
             engine = Engine(

@@ -46,7 +46,8 @@ class Jobs:
         self.results: dict[str, str] = dict(results)
 
     def instance(self, name: str, specialist: str) -> InstanceSpec:
-        return InstanceSpec(name, specialist, dict(self.plan.specialists[specialist].env))
+        spec = self.plan.specialists[specialist]
+        return InstanceSpec(name, specialist, dict(spec.env), dict(spec.resources), spec.python)
 
     def make(
         self,

@@ -109,6 +109,8 @@ class InstanceSpec:
     name: str
     specialist: str
     env: Mapping[str, str] = field(default_factory=dict)
+    resources: Mapping[str, float] = field(default_factory=dict)  # placement (Ray)
+    python: str | None = None  # a `python: module:function` specialist's reference
 
 
 @dataclass
@@ -125,6 +127,7 @@ class Outcome:
     tokens: int | None = None
     cost_estimated: bool = False  # from tokens and a price table, not the agent's own figure
     session_id: str | None = None  # the agent's session, to continue it
+    lost: bool = False  # the executor lost it (a node or worker died): not the task's fault
 
     @property
     def ok(self) -> bool:
