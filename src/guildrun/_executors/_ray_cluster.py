@@ -19,6 +19,7 @@ import contextlib
 import ipaddress
 import os
 import secrets
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -52,21 +53,51 @@ def check_reachable(address: str) -> None:
     import ray
 
     where = _resolve(address)
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" and not _has_token():
+        # Ray's native client aborts the process on a missing token: say it first.
+        raise UsageError(auth_message(where))
     import ray._raylet
 
     client = getattr(ray._raylet, "GcsClient", None)
     if client is None:  # a Ray without it: ray.init's own error is all there is
         return
     try:
-        client(address=where).internal_kv_get(b"guildrun-probe", None, timeout=_PROBE_TIMEOUT)
+        with _quiet_stderr():  # Ray's C++ client logs its failure there as well
+            client(address=where).internal_kv_get(b"guildrun-probe", None, timeout=_PROBE_TIMEOUT)
     except ray.exceptions.AuthenticationError:
         raise UsageError(auth_message(where)) from None
     except Exception as exc:
         raise UsageError(f"cannot reach the Ray cluster at {where}: {_first_line(exc)}") from None
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the block (native code writes there)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def _has_token() -> bool:
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    try:
+        return bool(Path(path).read_text().strip())
+    except OSError:
+        return False
+
+
 def auth_message(where: str) -> str:
-    token = "RAY_AUTH_TOKEN is not set" if not os.environ.get("RAY_AUTH_TOKEN") else "refused"
+    given = os.environ.get("RAY_AUTH_TOKEN")
+    token = "RAY_AUTH_TOKEN is not set" if not given else "the RAY_AUTH_TOKEN given is not its"
     return (
         f"the Ray cluster at {where} refused guildrun's auth token ({token}): set "
         "RAY_AUTH_MODE=token and the cluster's RAY_AUTH_TOKEN in guildrun's environment"
@@ -138,7 +169,7 @@ class LoopbackCluster:
             )
             self.nodes = [self.cluster.head_node]
             for i in range(1, nodes):
-                self.nodes.append(self.add_node(num_cpus, {f"node{i}": 1}))
+                self.add_node(num_cpus, {f"node{i}": 1})
             self.cluster.wait_for_nodes()
         except BaseException:
             self._restore()
@@ -150,9 +181,11 @@ class LoopbackCluster:
         return str(self.cluster.address)
 
     def add_node(self, num_cpus: int = 1, resources: Mapping[str, float] | None = None) -> Any:
-        return self.cluster.add_node(
+        node = self.cluster.add_node(
             node_ip_address="127.0.0.1", num_cpus=num_cpus, resources=dict(resources or {})
         )
+        self.nodes.append(node)
+        return node
 
     def remove_node(self, node: Any) -> None:
         """The node dies at once, as a machine that lost power (no graceful stop)."""
@@ -200,22 +233,6 @@ class LoopbackCluster:
                 os.environ[key] = value
         _reload_auth()
 
-
-def _reload_auth() -> None:
-    """Ray reads its auth mode and token, and whether to rewrite 127.0.0.1, once at
-    import: read them again."""
-    with contextlib.suppress(Exception):
-        from ray._private import ray_constants
-
-        ray_constants.ENABLE_RAY_CLUSTER = os.environ.get(
-            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1"
-        ).lower() not in ("0", "false")
-    with contextlib.suppress(Exception):
-        from ray._raylet import AuthenticationTokenLoader, Config
-
-        Config.initialize("")
-        AuthenticationTokenLoader.instance().reset_cache()
-
     def __enter__(self) -> LoopbackCluster:
         return self
 
@@ -232,16 +249,17 @@ def _loopback(ip: str) -> bool:
     return False
 
 
-@contextlib.contextmanager
-def environment(values: Mapping[str, str]) -> Iterator[None]:
-    """`values` in os.environ for the block."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+def _reload_auth() -> None:
+    """Ray reads its auth mode and token, and whether to rewrite 127.0.0.1, once at
+    import: read them again."""
+    with contextlib.suppress(Exception):
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = os.environ.get(
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1"
+        ).lower() not in ("0", "false")
+    with contextlib.suppress(Exception):
+        import ray._raylet as raylet
+
+        raylet.Config.initialize("")  # type: ignore[attr-defined]
+        raylet.AuthenticationTokenLoader.instance().reset_cache()  # type: ignore[attr-defined]

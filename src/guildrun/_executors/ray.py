@@ -91,6 +91,7 @@ class RayExecutor(Executor):
         self._run_id: str | None = None
         self._git: Git | None = None
         self.lost_nodes: list[str] = []  # what the summary and journal name
+        self._avoid: set[str] = set()  # ids of nodes that lost an actor
         if connect:
             self.connect()
 
@@ -147,6 +148,9 @@ class RayExecutor(Executor):
             options["memory"] = wanted.pop("memory")
         if wanted:
             options["resources"] = wanted
+        elsewhere = self._elsewhere(dict(spec.resources))
+        if elsewhere is not None:
+            options["scheduling_strategy"] = elsewhere
         slot.name = f"{actor_prefix(run_id)}{spec.name}:{self._nonce}.{slot.generation}"
         remote = ray.remote(Worker)
         python = {spec.specialist: spec.python} if spec.python else {}
@@ -154,6 +158,27 @@ class RayExecutor(Executor):
             run_id, spec, python, self.max_log_bytes
         )
         return slot.actor
+
+    def _elsewhere(self, wanted: dict[str, float]) -> Any:
+        """After a loss, prefer a live node other than the lost ones: Ray takes some
+        seconds to declare a node dead, and would place the new actor there meanwhile.
+        Soft affinity, so it goes anywhere if that node is full."""
+        if not self._avoid:
+            return None
+        ray = import_ray()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        wanted = {
+            ("CPU" if k == "num_cpus" else "GPU" if k == "num_gpus" else k): v
+            for k, v in wanted.items()
+        }
+        for node in ray.nodes():
+            if not node.get("Alive") or node["NodeID"] in self._avoid:
+                continue
+            offered = node.get("Resources", {})
+            if all(offered.get(k, 0) >= v for k, v in wanted.items()):
+                return NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)
+        return None
 
     # ------------------------------------------------------------------ an attempt
 
@@ -262,6 +287,8 @@ class RayExecutor(Executor):
         note = f"lost {where}: {type(exc).__name__}"
         slot.lost.append(note)
         self.lost_nodes.append(where)
+        if slot.where is not None and slot.where.node_id:
+            self._avoid.add(slot.where.node_id)
         self._replace(slot)
         msg = f"{note}; its actor is replaced and the task runs again"
         return Outcome(Ending.ERROR, started, self.clock.now(), error=msg, lost=True)
@@ -319,10 +346,12 @@ class RayExecutor(Executor):
         ray = import_ray()
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        task = ray.remote(sweep_run).options(num_cpus=0, max_retries=0)
+        task = ray.remote(sweep_run)
         refs = [
             task.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+                num_cpus=0,
+                max_retries=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
             ).remote(run_id, grace)
             for node in ray.nodes()
             if node.get("Alive")

@@ -1,0 +1,353 @@
+"""The Ray backend on a real 2-node Ray cluster on loopback (one per test worker).
+
+Tasks run as real processes in actors' own clones; the driver's tree is a real git
+repository made by the test. Every test here is slow: a cluster costs seconds to start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from guildrun._engine import run_async
+from guildrun._journal import journal_path
+
+from .conftest import Runner, write_plan
+from .worktree_helpers import make_repo, sh_git, show
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+def _env(cluster: Any, **extra: str) -> dict[str, str]:
+    return {**cluster.env, **extra}
+
+
+def _events(root: Path, run_id: str) -> list[sqlite3.Row]:
+    db = sqlite3.connect(journal_path(root))
+    db.row_factory = sqlite3.Row
+    try:
+        return list(db.execute("SELECT * FROM events WHERE run_id=? ORDER BY seq", (run_id,)))
+    finally:
+        db.close()
+
+
+def _run_actors(run_id: str) -> list[str]:
+    import ray
+
+    return [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if str(a["name"]).startswith(f"guildrun:{run_id}:")
+    ]
+
+
+# ---------------------------------------------------------------- files, through the CLI
+
+
+def test_ray_run_integrates_each_task_from_its_own_clone(
+    ray_cluster: Any, tmp_path: Path, guildrun: Runner
+) -> None:
+    repo = make_repo(
+        tmp_path,
+        {"a.txt": "a\n", "b.bin": "old\n", "gone.txt": "bye\n", "tool.sh": "echo\n"},
+    )
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in repo.iterdir() if p.is_file()}
+    script = (
+        'pwd > "where-$GUILDRUN_TASK_ID.txt"; '
+        "case $GUILDRUN_TASK_ID in "
+        "t1) echo more >> a.txt;; "
+        "t2) printf '\\000\\001\\377' > b.bin;; "
+        "t3) rm gone.txt; chmod +x tool.sh;; "
+        "esac"
+    )
+    write_plan(
+        repo,
+        {
+            "settings": {"per_agent_type": 2, "sample_interval": 0},
+            "specialists": {"w": {"run": script, "shell": True}},
+            "tasks": [
+                {"id": "t1", "specialist": "w", "files": ["a.txt", "where-t1.txt"]},
+                {"id": "t2", "specialist": "w", "files": ["b.bin", "where-t2.txt"]},
+                {
+                    "id": "t3",
+                    "specialist": "w",
+                    "files": ["gone.txt", "tool.sh", "where-t3.txt"],
+                    "depends_on": ["t1"],
+                },
+            ],
+        },
+    )
+    sh_git(repo, "add", "plan.yaml")
+    sh_git(repo, "commit", "-q", "-m", "plan")
+    got = guildrun(
+        "run",
+        "plan.yaml",
+        "--backend",
+        "ray",
+        "--address",
+        ray_cluster.address,
+        "--json",
+        cwd=repo,
+        env=_env(ray_cluster),
+    )
+    assert got.returncode == 0, got.stderr
+    summary = json.loads(got.stdout)
+    assert summary["done"] == 3
+    branch = f"guildrun/{summary['run_id']}"
+    assert show(repo, branch, "a.txt") == "a\nmore"
+    binary = subprocess.run(
+        ["git", "show", f"{branch}:b.bin"], cwd=repo, capture_output=True, check=True
+    ).stdout
+    assert binary == b"\x00\x01\xff"
+    assert "gone.txt" not in sh_git(repo, "ls-tree", "--name-only", branch)
+    assert sh_git(repo, "ls-tree", branch, "tool.sh").startswith("100755")
+    for task in ("t1", "t2", "t3"):
+        where = show(repo, branch, f"where-{task}.txt")
+        # Each ran in an actor's clone in its own temporary folder, never in the tree.
+        assert "/guildrun-ray-" in where and where.endswith("/clone")
+        assert not where.startswith(str(repo))
+    # The driver's tree was not touched: the result is on the branch only.
+    after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in repo.iterdir() if p.is_file()}
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert not list(repo.glob("where-*"))
+    assert _run_actors(summary["run_id"]) == []  # closed with the run
+
+
+def test_a_wrong_auth_token_is_named_as_such(
+    ray_cluster: Any, tmp_path: Path, guildrun: Runner
+) -> None:
+    repo = make_repo(tmp_path)
+    write_plan(
+        repo, {"specialists": {"w": {"run": ["true"]}}, "tasks": [{"id": "t", "specialist": "w"}]}
+    )
+    sh_git(repo, "add", "plan.yaml")
+    sh_git(repo, "commit", "-q", "-m", "plan")
+    args = ("run", "plan.yaml", "--backend", "ray", "--address", ray_cluster.address)
+    home = tmp_path / "home"  # no ~/.ray/auth_token to fall back on
+    home.mkdir()
+    for token in ("0" * 32, ""):
+        started = time.monotonic()
+        env = _env(ray_cluster, RAY_AUTH_TOKEN=token, HOME=str(home))
+        got = guildrun(*args, cwd=repo, env=env)
+        assert got.returncode == 2, got.stderr
+        lines = got.stderr.strip().splitlines()
+        assert len(lines) == 1 and "refused guildrun's auth token" in lines[0], got.stderr
+        assert "RAY_AUTH_TOKEN" in lines[0] and "Traceback" not in got.stderr
+        assert time.monotonic() - started < 15  # not Ray's own 20 s wait for a bare error
+
+
+def test_without_ray_installed_one_line_says_how_to_get_it(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    write_plan(
+        repo, {"specialists": {"w": {"run": ["true"]}}, "tasks": [{"id": "t", "specialist": "w"}]}
+    )
+    code = (
+        "import sys; sys.modules['ray'] = None\n"  # `import ray` now fails as if absent
+        "from guildrun._cli import main\n"
+        "sys.exit(main(['run', 'plan.yaml', '--backend', 'ray']))\n"
+    )
+    got = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=60
+    )
+    assert got.returncode == 2
+    assert got.stderr.strip() == (
+        "guildrun: error: the Ray backend needs Ray: pip install 'guildrun[ray]'"
+    )
+
+
+def test_an_explicit_shared_tree_is_refused_with_ray(tmp_path: Path, guildrun: Runner) -> None:
+    repo = make_repo(tmp_path)
+    write_plan(
+        repo,
+        {
+            "settings": {"workspace": "shared"},
+            "specialists": {"w": {"run": ["true"]}},
+            "tasks": [{"id": "t", "specialist": "w"}],
+        },
+    )
+    got = guildrun("run", "plan.yaml", "--backend", "ray", cwd=repo)
+    assert got.returncode == 2
+    assert "needs workspace: worktree" in got.stderr and "Traceback" not in got.stderr
+
+
+# ---------------------------------------------------------------- a lost node
+
+
+def _raylet_of(pid: int, raylets: dict[int, Any]) -> Any:
+    """The cluster node whose raylet is an ancestor of `pid`."""
+    proc: psutil.Process | None = psutil.Process(pid)
+    while proc is not None:
+        if proc.pid in raylets:
+            return raylets[proc.pid]
+        proc = proc.parent()
+    return None
+
+
+def test_a_killed_nodes_task_runs_again_on_a_live_node(ray_cluster: Any, tmp_path: Path) -> None:
+    # Two extra nodes that alone offer the `pool` resource: the task's actor lives on one.
+    pool = [ray_cluster.add_node(1, {"pool": 1}) for _ in range(2)]
+    ray_cluster.cluster.wait_for_nodes()
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    repo = make_repo(tmp_path, {"a.txt": "a\n"})
+    script = (
+        f'echo $$ > "{marks}/$GUILDRUN_ATTEMPT"; '
+        'if [ "$GUILDRUN_ATTEMPT" = 1 ]; then sleep 60; fi; echo done >> a.txt'
+    )
+    write_plan(
+        repo,
+        {
+            "settings": {"backend": "ray", "sample_interval": 0},
+            "specialists": {"w": {"run": script, "shell": True, "resources": {"pool": 0.5}}},
+            "tasks": [{"id": "t1", "specialist": "w", "files": ["a.txt"]}],
+        },
+    )
+    sh_git(repo, "add", "plan.yaml")
+    sh_git(repo, "commit", "-q", "-m", "plan")
+    outcome: dict[str, Any] = {}
+
+    def driver() -> None:
+        outcome["summary"] = asyncio.run(
+            run_async(repo / "plan.yaml", root=repo, handle_signals=False)
+        )
+
+    thread = threading.Thread(target=driver)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (marks / "1").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pid = int((marks / "1").read_text())
+        raylets = {n.all_processes["raylet"][0].process.pid: n for n in pool}
+        doomed = _raylet_of(pid, raylets)
+        assert doomed is not None, "the task did not run on a pool node"
+        ray_cluster.remove_node(doomed)
+        thread.join(120)
+        assert not thread.is_alive()
+    finally:
+        thread.join(120)
+        for node in pool:
+            if node in ray_cluster.nodes:
+                ray_cluster.remove_node(node)
+    summary = outcome["summary"]
+    assert summary.done == 1
+    assert show(repo, f"guildrun/{summary.run_id}", "a.txt") == "a\ndone"  # nothing lost
+    retries = [e for e in _events(repo, summary.run_id) if e["kind"] == "task_retry"]
+    assert len(retries) == 1, [r["data"] for r in retries]
+    data = json.loads(retries[0]["data"])
+    assert data["status"] == "error" and data["counted"] is False
+    assert data["error"].startswith("lost node 127.0.0.1 (")  # the node is named
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
+# ---------------------------------------------------------------- resume after a SIGKILL
+
+
+def test_resume_after_the_driver_is_killed_finishes_and_stops_its_actors(
+    ray_cluster: Any, tmp_path: Path, guildrun: Runner
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    repo = make_repo(tmp_path, {f"f{i}.txt": f"{i}\n" for i in range(1, 4)})
+    # f1 ends at once; f2 and f3 hang in the first run (until it is killed).
+    script = (
+        f'touch "{marks}/$GUILDRUN_TASK_ID.$GUILDRUN_ATTEMPT"; '
+        'if [ "$GUILDRUN_TASK_ID" != t1 ] && [ ! -e "'
+        + str(marks)
+        + '/resumed" ]; then sleep 120; fi; echo ok >> "$1"'
+    )
+    write_plan(
+        repo,
+        {
+            "settings": {"per_agent_type": 3, "sample_interval": 0},
+            "specialists": {"w": {"run": ["sh", "-c", script, "w", "{files}"]}},
+            "tasks": [
+                {"id": f"t{i}", "specialist": "w", "files": [f"f{i}.txt"]} for i in range(1, 4)
+            ],
+        },
+    )
+    sh_git(repo, "add", "plan.yaml")
+    sh_git(repo, "commit", "-q", "-m", "plan")
+    env = {**os.environ, **ray_cluster.env}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "guildrun", "run", "plan.yaml", "--backend", "ray"]
+        + ["--address", ray_cluster.address, "--quiet"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not all((marks / f"t{i}.1").exists() for i in (2, 3)):
+            time.sleep(0.1)
+        time.sleep(1.0)  # t1 is done and integrated by now
+        assert first.poll() is None
+        hanging = _processes_of_run(marks)
+        assert hanging  # the two sleeping tasks, on the cluster's nodes
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    (marks / "resumed").touch()
+    got = guildrun(
+        "resume",
+        "--backend",
+        "ray",
+        "--address",
+        ray_cluster.address,
+        "--json",
+        cwd=repo,
+        env=_env(ray_cluster),
+    )
+    assert got.returncode == 0, got.stderr
+    summary = json.loads(got.stdout)
+    assert summary["done"] == 3
+    branch = f"guildrun/{summary['run_id']}"
+    for i in (1, 2, 3):
+        assert show(repo, branch, f"f{i}.txt") == f"{i}\nok"
+    assert _run_actors(summary["run_id"]) == []  # the dead driver's actors are gone
+    assert not [p for p in hanging if p.is_running() and p.status() != "zombie"]
+
+
+def _processes_of_run(marks: Path) -> list[psutil.Process]:
+    """The tasks' shells still waiting, found by the folder in their command line."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if str(marks) in cmd and proc.pid != os.getpid():
+            found.append(proc)
+    return found
+
+
+# ---------------------------------------------------------------- loopback only
+
+
+def test_the_cluster_talks_on_loopback_only(ray_cluster: Any, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    write_plan(
+        repo,
+        {
+            "settings": {"backend": "ray", "sample_interval": 0},
+            "specialists": {"w": {"run": ["true"]}},
+            "tasks": [{"id": "t", "specialist": "w"}],
+        },
+    )
+    sh_git(repo, "add", "plan.yaml")
+    sh_git(repo, "commit", "-q", "-m", "plan")
+    summary = asyncio.run(run_async(repo / "plan.yaml", root=repo, handle_signals=False))
+    assert summary.done == 1
+    processes = ray_cluster.processes()
+    assert len(processes) >= 4  # GCS, raylets, workers: the listing sees the cluster
+    assert ray_cluster.outward_sockets() == []
