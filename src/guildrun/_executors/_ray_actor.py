@@ -95,9 +95,11 @@ class Worker:
 
     async def where(self) -> Where:
         node_id, ip = "", "127.0.0.1"
-        with contextlib.suppress(Exception):  # outside Ray (tests of the plain object)
+        with contextlib.suppress(Exception):
             import ray
 
+            if not ray.is_initialized():  # a plain object, outside Ray: start nothing
+                raise LookupError
             node_id = ray.get_runtime_context().get_node_id()
             ip = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
         return Where(node_id, ip, socket.gethostname(), os.getpid(), str(self.folder))
