@@ -331,6 +331,49 @@ def _processes_of_run(marks: Path) -> list[psutil.Process]:
     return found
 
 
+# ---------------------------------------------------------------- Ctrl-C
+
+
+def test_ctrl_c_stops_the_remote_task(ray_cluster: Any, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    repo = make_repo(tmp_path)
+    script = f'sh -c "sleep 120" & echo $! > "{marks}/child"; echo $$ > "{marks}/pid"; wait'
+    write_plan(
+        repo,
+        {
+            "settings": {"sample_interval": 0, "kill_grace": 1},
+            "specialists": {"w": {"run": script, "shell": True}},
+            "tasks": [{"id": "t1", "specialist": "w"}],
+        },
+    )
+    sh_git(repo, "add", "plan.yaml")
+    sh_git(repo, "commit", "-q", "-m", "plan")
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "guildrun", "run", "plan.yaml", "--backend", "ray"]
+        + ["--address", ray_cluster.address, "--quiet"],
+        cwd=repo,
+        env={**os.environ, **ray_cluster.env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (marks / "child").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        task = psutil.Process(int((marks / "pid").read_text()))
+        child = psutil.Process(int((marks / "child").read_text()))
+        driver.send_signal(signal.SIGINT)
+        _, err = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130, err
+    for proc in (task, child):  # the task and what it started, on the actor's node
+        assert not proc.is_running() or proc.status() == "zombie"
+
+
 # ---------------------------------------------------------------- loopback only
 
 
