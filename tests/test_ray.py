@@ -182,6 +182,27 @@ def test_an_explicit_shared_tree_is_refused_with_ray(tmp_path: Path, guildrun: R
     assert "needs workspace: worktree" in got.stderr and "Traceback" not in got.stderr
 
 
+def test_resources_no_node_offers_fail_the_task_instead_of_waiting(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path)
+    write_plan(
+        repo,
+        {
+            "settings": {"backend": "ray", "sample_interval": 0},
+            "specialists": {"w": {"run": ["true"], "resources": {"gpu_host": 1}}},
+            "tasks": [{"id": "t", "specialist": "w"}],
+        },
+    )
+    sh_git(repo, "add", "plan.yaml")
+    sh_git(repo, "commit", "-q", "-m", "plan")
+    summary = asyncio.run(run_async(repo / "plan.yaml", root=repo, handle_signals=False))
+    assert summary.failed == 1
+    ended = [e for e in _events(repo, summary.run_id) if e["kind"] == "task_finished"]
+    error = json.loads(ended[0]["data"])["error"]
+    assert error == "no node of the Ray cluster offers gpu_host: 1 (specialist's resources)"
+
+
 # ---------------------------------------------------------------- a lost node
 
 
@@ -329,6 +350,55 @@ def _processes_of_run(marks: Path) -> list[psutil.Process]:
         if str(marks) in cmd and proc.pid != os.getpid():
             found.append(proc)
     return found
+
+
+# ---------------------------------------------------------------- an agent preset
+
+
+def test_an_agent_preset_runs_on_an_actor_and_its_edit_is_integrated(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    from guildrun.testing import ModelServer, Text, Usage, WriteFile
+
+    from .agent_support import need_cli
+
+    claude = need_cli("claude")
+    home = tmp_path / "home"
+    home.mkdir()
+    repo = make_repo(tmp_path)
+    with ModelServer() as server:
+        server.script(
+            WriteFile("src/m.py", "X = 1\n", usage=Usage(1000, 40)),
+            Text("wrote m", usage=Usage(1100, 20)),
+            match="write module m",
+        )
+        # The actor runs with its node's environment: what the agent needs travels
+        # with the specialist (its `env`), as on a real cluster.
+        env = {**server.env(), "HOME": str(home), "CLAUDE_CODE_MAX_RETRIES": "0"}
+        write_plan(
+            repo,
+            {
+                "settings": {"backend": "ray", "sample_interval": 0},
+                "specialists": {
+                    "coder": {"agent": "claude", "program": claude, "env": env, "timeout": 120}
+                },
+                "tasks": [
+                    {
+                        "id": "m",
+                        "specialist": "coder",
+                        "files": ["src/m.py"],
+                        "prompt": "write module m",
+                    }
+                ],
+            },
+        )
+        sh_git(repo, "add", "plan.yaml")
+        sh_git(repo, "commit", "-q", "-m", "plan")
+        summary = asyncio.run(run_async(repo / "plan.yaml", root=repo, handle_signals=False))
+    assert summary.done == 1, summary.to_json()
+    assert show(repo, f"guildrun/{summary.run_id}", "src/m.py") == "X = 1"
+    assert not (repo / "src").exists()  # the CLI wrote in the actor's clone, not here
+    assert summary.cost_usd and summary.cost_usd > 0  # the agent's own figure, carried back
 
 
 # ---------------------------------------------------------------- Ctrl-C

@@ -159,6 +159,18 @@ class RayExecutor(Executor):
         )
         return slot.actor
 
+    def _unplaceable(self, wanted: dict[str, float]) -> str:
+        """What no live node offers of `wanted` (Ray would wait for such a node forever)."""
+        if not wanted:
+            return ""
+        ray = import_ray()
+        need = _ray_names(wanted)
+        for node in ray.nodes():
+            offered = node.get("Resources", {})
+            if node.get("Alive") and all(offered.get(k, 0) >= v for k, v in need.items()):
+                return ""
+        return ", ".join(f"{k}: {v:g}" for k, v in wanted.items())
+
     def _elsewhere(self, wanted: dict[str, float]) -> Any:
         """After a loss, prefer a live node other than the lost ones: Ray takes some
         seconds to declare a node dead, and would place the new actor there meanwhile.
@@ -190,6 +202,11 @@ class RayExecutor(Executor):
         if slot is None:  # not opened (an engine that skips the hook): open it now
             slot = self._slots[ctx.instance] = _Slot(InstanceSpec(ctx.instance, ctx.specialist))
         started = self.clock.now()
+        if slot.actor is None:
+            missing = self._unplaceable(dict(slot.spec.resources))
+            if missing:
+                msg = f"no node of the Ray cluster offers {missing} (specialist's resources)"
+                return Outcome(Ending.ERROR, started, self.clock.now(), error=msg)
         actor = self._actor(slot, ctx.run_id)
         try:
             if slot.where is None:
@@ -385,6 +402,12 @@ def ray_executor(prepared: Prepared) -> RayExecutor:
                 "actors; name it as python: module:function (importable from the project)"
             )
     return RayExecutor(prepared.settings.ray_address)
+
+
+def _ray_names(wanted: dict[str, float]) -> dict[str, float]:
+    """Actor options' names as `ray.nodes()` reports them (memory in bytes either way)."""
+    names = {"num_cpus": "CPU", "num_gpus": "GPU"}
+    return {names.get(k, k): v for k, v in wanted.items()}
 
 
 def _where(reply: Reply) -> str:
