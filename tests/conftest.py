@@ -75,7 +75,8 @@ def ray_cluster() -> Any:
     import shutil
     import tempfile
 
-    ray = pytest.importorskip("ray")
+    import ray  # in the test extra: a missing Ray fails these tests, never skips them
+
     from guildrun._executors._ray_cluster import LoopbackCluster
 
     # A short folder: Ray's Unix sockets live under it, and their paths have a limit.

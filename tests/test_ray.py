@@ -180,6 +180,14 @@ def test_an_explicit_shared_tree_is_refused_with_ray(tmp_path: Path, guildrun: R
     got = guildrun("run", "plan.yaml", "--backend", "ray", cwd=repo)
     assert got.returncode == 2
     assert "needs workspace: worktree" in got.stderr and "Traceback" not in got.stderr
+    # Through the API, an executor given in code is held to the same rule.
+    from guildrun import RayExecutor, UsageError
+
+    with pytest.raises(UsageError, match="needs workspace: worktree"):
+        run_api_shared = run_async(
+            repo / "plan.yaml", root=repo, handle_signals=False, executor=RayExecutor(connect=False)
+        )
+        asyncio.run(run_api_shared)
 
 
 def test_resources_no_node_offers_fail_the_task_instead_of_waiting(

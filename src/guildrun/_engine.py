@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ._agents.base import RateLimited, Signal
 from ._clock import Clock, WallClock
+from ._errors import UsageError
 from ._executors.base import Ending, Executor, Job, Outcome
 from ._glob import Glob
 from ._jobs import Jobs
@@ -1063,6 +1064,11 @@ async def run_prepared(
                 executor = ray_executor(prepared)
             if executor is None:
                 executor = local_executor(prepared, monitor)
+            if executor.worktrees_only and prepared.settings.workspace != "worktree":
+                raise UsageError(
+                    f"{type(executor).__name__} runs tasks where the project is not: it "
+                    "needs workspace: worktree (or backend: ray) in the settings"
+                )
             engine = Engine(
                 prepared,
                 journal,

@@ -146,6 +146,7 @@ class Executor(ABC):
     on_signal: SignalListener | None = None
     redactor: Redactor = NO_SECRETS  # the engine sets the run's; applied to logs and outcomes
     max_log_bytes: int = DEFAULT_MAX_LOG  # per stream of an attempt (settings.max_log_bytes)
+    worktrees_only: bool = False  # its attempts cannot see the project: worktree mode only
 
     def start(
         self,

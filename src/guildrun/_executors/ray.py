@@ -82,6 +82,8 @@ class RayExecutor(Executor):
     is and left connected.
     """
 
+    worktrees_only = True
+
     def __init__(self, address: str | None = None, *, connect: bool = True) -> None:
         self.address = address or os.environ.get("RAY_ADDRESS") or "auto"
         self._slots: dict[str, _Slot] = {}
