@@ -211,6 +211,36 @@ def test_resources_no_node_offers_fail_the_task_instead_of_waiting(
     assert error == "no node of the Ray cluster offers gpu_host: 1 (specialist's resources)"
 
 
+def test_a_task_that_breaks_its_clone_fails_and_the_next_gets_a_new_clone(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path, {"a.txt": "a\n"})
+    write_plan(
+        repo,
+        {
+            "settings": {"backend": "ray", "per_agent_type": 1, "sample_interval": 0},
+            "specialists": {"w": {"run": "$STEP", "shell": True}},
+            "tasks": [
+                {"id": "t1", "specialist": "w", "prompt": "x", "files": ["a.txt"]},
+                {"id": "t2", "specialist": "w", "files": ["b.txt"]},  # after t1, same actor
+            ],
+        },
+    )
+    plan = (repo / "plan.yaml").read_text()
+    # t1 removes the clone's git folder (and edits a.txt); t2 writes b.txt.
+    steps = "case $GUILDRUN_TASK_ID in t1) echo x >> a.txt; rm -rf .git;; *) echo b > b.txt;; esac"
+    (repo / "plan.yaml").write_text(plan.replace("$STEP", steps.replace("'", "''")))
+    sh_git(repo, "add", "plan.yaml")
+    sh_git(repo, "commit", "-q", "-m", "plan")
+    summary = asyncio.run(run_async(repo / "plan.yaml", root=repo, handle_signals=False))
+    assert summary.failed == 1 and summary.done == 1, summary.to_json()
+    events = _events(repo, summary.run_id)
+    ended = [json.loads(e["data"] or "{}") for e in events if e["task"] == "t1"]
+    assert any("cannot be read from the clone" in str(d.get("error")) for d in ended)
+    assert show(repo, f"guildrun/{summary.run_id}", "b.txt") == "b"  # a new clone served t2
+    assert sh_git(repo, "status", "--porcelain") == ""  # the driver's tree, untouched
+
+
 # ---------------------------------------------------------------- a lost node
 
 

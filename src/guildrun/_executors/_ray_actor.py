@@ -63,6 +63,7 @@ class Reply:
     commit: str = ""  # the commit the clone was at (the driver's mirror HEAD)
     where: Where | None = None
     notes: list[str] = field(default_factory=list)
+    clone_dropped: bool = False  # the clone is gone: the next task needs a full bundle
 
 
 class Worker:
@@ -83,7 +84,10 @@ class Worker:
         self.clone = self.folder / "clone"
         self.files = self.folder / "files"  # logs and result of the task at hand
         self.files.mkdir()
-        self.git = Git(self.clone)
+        # The git folder named, never searched for: should a task remove it, git must
+        # fail rather than find a repository above the clone.
+        where = {"GIT_DIR": str(self.clone / ".git"), "GIT_WORK_TREE": str(self.clone)}
+        self.git = Git(self.clone, extra_env=where)
         self.python = dict(python or {})
         self.local = LocalExecutor()
         self.local.max_log_bytes = max_log_bytes
@@ -114,9 +118,11 @@ class Worker:
             await asyncio.to_thread(self._checkout, bundle, commit)
             local = self._localize(job, mirror)
         except Exception as exc:  # the clone could not be made ready: the executor broke
+            self._drop_clone()  # the next attempt starts from a new one (the driver knows)
             now = WallClock().now()
             msg = f"the actor could not prepare its clone: {type(exc).__name__}: {exc}"
-            return Reply(Outcome(Ending.ERROR, now, now, error=msg), where=await self.where())
+            outcome = Outcome(Ending.ERROR, now, now, error=msg, lost=True)
+            return Reply(outcome, where=await self.where(), clone_dropped=True)
         try:
             self._load_python(job)
         except Exception as exc:  # the user's module, imported from the clone
@@ -124,7 +130,15 @@ class Worker:
             msg = f"cannot load the specialist: {type(exc).__name__}: {exc}"
             return Reply(Outcome(Ending.FAILED, now, now, error=msg), where=await self.where())
         outcome = await self.local.run(local)
-        patch = await asyncio.to_thread(self._patch, commit)
+        dropped = False
+        try:
+            patch = await asyncio.to_thread(self._patch, commit)
+        except Exception as exc:  # the task broke its clone's git folder
+            self._drop_clone()
+            dropped, patch = True, b""
+            if outcome.status is Ending.DONE:
+                outcome.status = Ending.FAILED
+                outcome.error = f"its changes cannot be read from the clone: {exc}"
         result = None
         with contextlib.suppress(OSError, Exception):
             result = read_head(local.context.result_path, RESULT_LIMIT)
@@ -138,12 +152,13 @@ class Worker:
             commit=commit,
             where=await self.where(),
             notes=notes,
+            clone_dropped=dropped,
         )
 
     def _checkout(self, bundle: bytes | None, commit: str) -> None:
         if not self._has_clone:
             self.clone.mkdir()
-            self.git.run("init", "-q", str(self.clone))
+            self.git.run("init", "-q")
             self._has_clone = True
         if bundle is not None:
             path = self.folder / "incoming.bundle"
@@ -156,6 +171,10 @@ class Worker:
                 path.unlink(missing_ok=True)
         self.git.run("reset", "-q", "--hard", commit)
         self.git.run("clean", "-q", "-ffdx")
+
+    def _drop_clone(self) -> None:
+        shutil.rmtree(self.clone, ignore_errors=True)
+        self._has_clone = False
 
     def _patch(self, commit: str) -> bytes:
         """Everything the task changed, binary files, modes and deletions included."""

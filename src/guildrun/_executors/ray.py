@@ -242,7 +242,7 @@ class RayExecutor(Executor):
         except ray.exceptions.RayError as exc:
             msg = f"the Ray call failed: {type(exc).__name__}: {_first_line(exc)}"
             return Outcome(Ending.ERROR, started, self.clock.now(), error=msg)
-        slot.has = reply.commit or slot.has
+        slot.has = None if reply.clone_dropped else reply.commit or slot.has
         return self._land(job, reply, started)
 
     def _bundle(self, slot: _Slot, root: Path, mirror: Path) -> tuple[str, bytes | None]:
