@@ -300,6 +300,8 @@ def test_a_killed_nodes_task_runs_again_on_a_live_node(ray_cluster: Any, tmp_pat
         for node in pool:
             if node in ray_cluster.nodes:
                 ray_cluster.remove_node(node)
+        for node in pool:  # the next test meets a cluster that knows they are gone
+            ray_cluster.wait_dead(node)
     summary = outcome["summary"]
     assert summary.done == 1
     assert show(repo, f"guildrun/{summary.run_id}", "a.txt") == "a\ndone"  # nothing lost

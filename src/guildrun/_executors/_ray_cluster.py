@@ -165,6 +165,12 @@ class LoopbackCluster:
                     "num_cpus": num_cpus,
                     "include_dashboard": False,
                     "resources": {"node0": 1},
+                    # A node that stops answering is declared dead in about 5 s (Ray's
+                    # default takes 12-13 s), so tests that kill one wait less.
+                    "_system_config": {
+                        "health_check_period_ms": 1000,
+                        "health_check_failure_threshold": 5,
+                    },
                 },
             )
             self.nodes = [self.cluster.head_node]
@@ -191,6 +197,18 @@ class LoopbackCluster:
         """The node dies at once, as a machine that lost power (no graceful stop)."""
         self.cluster.remove_node(node, allow_graceful=False)
         self.nodes.remove(node)
+
+    def wait_dead(self, node: Any, timeout: float = 60) -> bool:
+        """Until the cluster has declared `node` dead (True), or `timeout` passed."""
+        import ray
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}  # type: ignore[no-untyped-call]
+            if node.node_id not in alive:
+                return True
+            time.sleep(0.2)
+        return False
 
     def processes(self) -> list[psutil.Process]:
         """Every live process of the cluster (its daemons and workers), found by the

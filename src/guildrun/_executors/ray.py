@@ -375,7 +375,12 @@ class RayExecutor(Executor):
             for node in ray.nodes()
             if node.get("Alive")
         ]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=grace + 30)
+        # A node that just died may still be listed alive: its sweep never runs, and is
+        # not waited for long.
+        ready, late = ray.wait(refs, num_returns=len(refs), timeout=grace + 10)
+        for ref in late:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref)
         stopped = 0
         for ref in ready:
             with contextlib.suppress(Exception):
