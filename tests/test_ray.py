@@ -441,6 +441,42 @@ def test_an_agent_preset_runs_on_an_actor_and_its_edit_is_integrated(
     assert summary.cost_usd and summary.cost_usd > 0  # the agent's own figure, carried back
 
 
+# ---------------------------------------------------------------- a Python specialist
+
+
+def test_a_python_specialist_is_imported_from_the_actors_clone(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    code = (
+        "from pathlib import Path\n\n\n"
+        "def work(ctx):\n"
+        "    Path(ctx.workdir, 'out.txt').write_text(f'{ctx.task_id} in {ctx.workdir}')\n"
+        "    return 'done ' + ctx.task_id\n"
+    )
+    repo = make_repo(tmp_path, {"remote_work.py": code})
+    write_plan(
+        repo,
+        {
+            "settings": {"backend": "ray", "sample_interval": 0},
+            "specialists": {"py": {"python": "remote_work:work"}},
+            "tasks": [{"id": "t1", "specialist": "py", "files": ["out.txt"]}],
+        },
+    )
+    sh_git(repo, "add", "plan.yaml")
+    sh_git(repo, "commit", "-q", "-m", "plan")
+    summary = asyncio.run(run_async(repo / "plan.yaml", root=repo, handle_signals=False))
+    assert summary.done == 1, summary.to_json()
+    db = sqlite3.connect(journal_path(repo))
+    try:
+        (result,) = db.execute("SELECT result FROM tasks WHERE id='t1'").fetchone()
+    finally:
+        db.close()
+    assert result == "done t1"  # the function's return value, carried back
+    written = show(repo, f"guildrun/{summary.run_id}", "out.txt")
+    assert written.startswith("t1 in /") and written.endswith("/clone")
+    assert str(repo) not in written
+
+
 # ---------------------------------------------------------------- Ctrl-C
 
 

@@ -92,7 +92,7 @@ class RayExecutor(Executor):
         self._leftover: list[str] = []
         self._run_id: str | None = None
         self._git: Git | None = None
-        self.lost_nodes: list[str] = []  # what the summary and journal name
+        self.lost_nodes: list[str] = []  # nodes lost during the run (the journal names them)
         self._avoid: set[str] = set()  # ids of nodes that lost an actor
         if connect:
             self.connect()
