@@ -395,6 +395,11 @@ class RayExecutor(Executor):
         self._slots.clear()
         if actors:
             self._kill(actors, wait=True)
+        if self.lost_nodes and self._run_id is not None:
+            # A lost actor never removed its clone, nor stopped its task: where its node
+            # still runs (it lost only its raylet), the sweep does.
+            with contextlib.suppress(Exception):
+                self.sweep(self._run_id, 1.0)
         if self._owns_connection:
             self._owns_connection = False
             ray.shutdown()
