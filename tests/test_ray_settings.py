@@ -81,3 +81,20 @@ def test_a_lost_attempt_is_retried_without_counting_a_few_times() -> None:
     assert not isinstance(policy(_ended(lost, free=3), rng), Retry)  # then it fails
     broken = Outcome(Ending.ERROR, 0, 1, error="cannot start")  # the task's own error
     assert not isinstance(policy(_ended(broken), rng), Retry)  # attempts: 1, as before
+
+
+@pytest.mark.slow  # two command lines that import Ray
+def test_no_cluster_at_the_address_is_said_at_once(tmp_path: Path, guildrun: Runner) -> None:
+    repo = make_repo(tmp_path)
+    write_plan(
+        repo,
+        {"specialists": {"w": {"run": ["true"]}}, "tasks": [{"id": "t", "specialist": "w"}]},
+    )
+    got = guildrun("run", "plan.yaml", "--backend", "ray", "--address", "127.0.0.1:1", cwd=repo)
+    assert got.returncode == 2
+    assert got.stderr == (
+        "guildrun: error: cannot reach the Ray cluster at 127.0.0.1:1: Connection refused\n"
+    )
+    got = guildrun("run", "plan.yaml", "--address", "no-port", cwd=repo)
+    assert got.returncode == 2
+    assert got.stderr == "guildrun: error: --address no-port: expected HOST:PORT\n"

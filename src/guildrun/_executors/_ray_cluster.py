@@ -19,6 +19,7 @@ import contextlib
 import ipaddress
 import os
 import secrets
+import socket
 import sys
 import tempfile
 import time
@@ -56,6 +57,7 @@ def check_reachable(address: str) -> None:
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" and not _has_token():
         # Ray's native client aborts the process on a missing token: say it first.
         raise UsageError(auth_message(where))
+    _listening(where)
     import ray._raylet
 
     client = getattr(ray._raylet, "GcsClient", None)
@@ -83,6 +85,20 @@ def _quiet_stderr() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(null)
+
+
+def _listening(where: str) -> None:
+    """A plain TCP connect first: Ray's own client retries an address where nothing
+    listens for about 40 s before it says so."""
+    host, _, port = where.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+            return
+    except ValueError:
+        raise UsageError(f"--address {where}: expected HOST:PORT") from None
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise UsageError(f"cannot reach the Ray cluster at {where}: {why}") from None
 
 
 def _has_token() -> bool:
