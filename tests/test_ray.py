@@ -313,6 +313,57 @@ def test_a_killed_nodes_task_runs_again_on_a_live_node(ray_cluster: Any, tmp_pat
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
 
 
+def test_an_actor_that_stops_answering_is_timed_out_by_the_driver(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    from guildrun import RayExecutor
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    repo = make_repo(tmp_path)
+    write_plan(
+        repo,
+        {
+            "settings": {"backend": "ray", "sample_interval": 0, "kill_grace": 0.5},
+            "specialists": {
+                "w": {"run": f'echo $$ > "{marks}/pid"; sleep 60', "shell": True, "timeout": 2}
+            },
+            "tasks": [{"id": "t1", "specialist": "w"}],
+        },
+    )
+    sh_git(repo, "add", "plan.yaml")
+    sh_git(repo, "commit", "-q", "-m", "plan")
+    executor = RayExecutor()
+    executor.backstop = 3.0
+    stopped: list[psutil.Process] = []
+
+    def freeze() -> None:  # the actor's process stops (as a hung machine would)
+        deadline = time.monotonic() + 60
+        while not (marks / "pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        task = psutil.Process(int((marks / "pid").read_text()))
+        actor = task.parent()
+        assert actor is not None
+        actor.suspend()
+        stopped.extend([actor, task])
+
+    freezer = threading.Thread(target=freeze)
+    freezer.start()
+    try:
+        summary = asyncio.run(
+            run_async(repo / "plan.yaml", root=repo, handle_signals=False, executor=executor)
+        )
+    finally:
+        freezer.join(60)
+    (attempt,) = [e for e in _events(repo, summary.run_id) if e["kind"] == "task_finished"]
+    data = json.loads(attempt["data"])
+    assert data["status"] == "timeout"
+    assert "did not answer" in data["error"]
+    actor, task = stopped
+    for proc in (actor, task):  # the actor and its task killed by the run's end
+        assert not proc.is_running() or proc.status() == "zombie", proc
+
+
 # ---------------------------------------------------------------- resume after a SIGKILL
 
 

@@ -23,7 +23,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,11 +247,20 @@ def _read(path: Path) -> bytes:
         return b""
 
 
-def sweep_run(run_id: str, grace: float) -> int:
-    """On one node: stop every process group that carries the run's id (a dead driver's
-    tasks), and remove the run's actor folders. Returns how many groups were stopped."""
+def sweep_run(run_id: str, grace: float, actors: Sequence[int] = ()) -> int:
+    """On one node: kill the actors' worker processes given (actors that stopped
+    answering), stop every process group that carries the run's id (a dead driver's
+    tasks, an abandoned actor's), and remove the run's actor folders. Returns how many
+    groups were stopped."""
+    import psutil
+
     from .local import agent_groups, stop_groups
 
+    for pid in actors:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            if proc.name().startswith("ray::"):  # still the actor's worker, not a new pid
+                proc.kill()
     groups = agent_groups(run_id, set())
     stop_groups(groups, grace)
     for folder in Path(tempfile.gettempdir()).glob(f"{_MARK}{run_id}-*"):

@@ -94,6 +94,8 @@ class RayExecutor(Executor):
         self._git: Git | None = None
         self.lost_nodes: list[str] = []  # nodes lost during the run (the journal names them)
         self._avoid: set[str] = set()  # ids of nodes that lost an actor
+        self._abandoned: dict[str, list[int]] = {}  # node -> pids of actors that hung
+        self.backstop = _BACKSTOP
         if connect:
             self.connect()
 
@@ -221,11 +223,14 @@ class RayExecutor(Executor):
             return Outcome(Ending.ERROR, started, self.clock.now(), error=msg)
         ref = actor.run.remote(job, bundle, commit, str(ctx.workdir))
         done = asyncio.wrap_future(ref.future())
-        backstop = None if job.timeout is None else job.timeout + job.kill_grace + _BACKSTOP
+        backstop = None if job.timeout is None else job.timeout + job.kill_grace + self.backstop
         try:
             reply: Reply = await asyncio.wait_for(asyncio.shield(done), timeout=backstop)
         except TimeoutError:
             where = slot.where.describe() if slot.where else "its node"
+            if slot.where is not None:
+                self._abandoned.setdefault(slot.where.node_id, []).append(slot.where.pid)
+            done.add_done_callback(_ignore)  # its late end (the actor killed) is no news
             self._replace(slot)
             msg = f"timed out after {job.timeout:g}s (the actor on {where} did not answer)"
             return Outcome(Ending.TIMED_OUT, started, self.clock.now(), error=msg)
@@ -371,7 +376,7 @@ class RayExecutor(Executor):
                 num_cpus=0,
                 max_retries=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
-            ).remote(run_id, grace)
+            ).remote(run_id, grace, self._abandoned.get(node["NodeID"], []))
             for node in ray.nodes()
             if node.get("Alive")
         ]
@@ -395,9 +400,9 @@ class RayExecutor(Executor):
         self._slots.clear()
         if actors:
             self._kill(actors, wait=True)
-        if self.lost_nodes and self._run_id is not None:
-            # A lost actor never removed its clone, nor stopped its task: where its node
-            # still runs (it lost only its raylet), the sweep does.
+        if (self.lost_nodes or self._abandoned) and self._run_id is not None:
+            # A lost or unanswering actor never removed its clone, nor stopped its task:
+            # where its node still runs, the sweep does.
             with contextlib.suppress(Exception):
                 self.sweep(self._run_id, 1.0)
         if self._owns_connection:
@@ -414,6 +419,11 @@ def ray_executor(prepared: Prepared) -> RayExecutor:
                 "actors; name it as python: module:function (importable from the project)"
             )
     return RayExecutor(prepared.settings.ray_address)
+
+
+def _ignore(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _ray_names(wanted: dict[str, float]) -> dict[str, float]:
