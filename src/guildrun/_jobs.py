@@ -47,7 +47,7 @@ class Jobs:
 
     def instance(self, name: str, specialist: str) -> InstanceSpec:
         spec = self.plan.specialists[specialist]
-        return InstanceSpec(name, specialist, dict(spec.env), dict(spec.resources), spec.python)
+        return InstanceSpec(name, specialist, dict(spec.env), dict(spec.resources))
 
     def make(
         self,
@@ -109,6 +109,7 @@ class Jobs:
             env=ctx.env() if argv is not None or specialist.agent is not None else {},
             agent=specialist.agent,
             resume_session=resume_session if specialist.agent is not None else None,
+            python=specialist.python,
         )
 
     def _ref(self, ph: tpl.Placeholder) -> str:

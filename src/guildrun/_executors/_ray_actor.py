@@ -23,7 +23,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,7 +75,6 @@ class Worker:
         self,
         run_id: str,
         spec: InstanceSpec,
-        python: Mapping[str, str] | None = None,
         max_log_bytes: int = 50 << 20,
     ) -> None:
         self.run_id = run_id
@@ -88,7 +87,6 @@ class Worker:
         # fail rather than find a repository above the clone.
         where = {"GIT_DIR": str(self.clone / ".git"), "GIT_WORK_TREE": str(self.clone)}
         self.git = Git(self.clone, extra_env=where)
-        self.python = dict(python or {})
         self.local = LocalExecutor()
         self.local.max_log_bytes = max_log_bytes
         self.local.start(WallClock())
@@ -227,9 +225,9 @@ class Worker:
         if job.argv is None and job.agent is None and name not in self.local.callables:
             from .._loader import load_specialist
 
-            if name not in self.python:
+            if job.python is None:
                 raise RuntimeError(f"specialist {name!r}: no python: module:function to import")
-            func: Callable[..., Any] = load_specialist(self.python[name], self.clone)
+            func: Callable[..., Any] = load_specialist(job.python, self.clone)
             self.local.callables[name] = func
 
     # ------------------------------------------------------------------ the end

@@ -100,6 +100,7 @@ class Job:
     env: Mapping[str, str] = field(default_factory=dict)
     agent: AgentSpec | None = None  # an agent CLI preset runs it (argv is then None)
     resume_session: str | None = None  # the agent continues this session
+    python: str | None = None  # a `python: module:function` specialist, for a remote side
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,6 @@ class InstanceSpec:
     specialist: str
     env: Mapping[str, str] = field(default_factory=dict)
     resources: Mapping[str, float] = field(default_factory=dict)  # placement (Ray)
-    python: str | None = None  # a `python: module:function` specialist's reference
 
 
 @dataclass

@@ -157,9 +157,8 @@ class RayExecutor(Executor):
             options["scheduling_strategy"] = elsewhere
         slot.name = f"{actor_prefix(run_id)}{spec.name}:{self._nonce}.{slot.generation}"
         remote = ray.remote(Worker)
-        python = {spec.specialist: spec.python} if spec.python else {}
         slot.actor = remote.options(name=slot.name, namespace=NAMESPACE, **options).remote(
-            run_id, spec, python, self.max_log_bytes
+            run_id, spec, self.max_log_bytes
         )
         return slot.actor
 
