@@ -361,7 +361,19 @@ def test_an_actor_that_stops_answering_is_timed_out_by_the_driver(
     assert "did not answer" in data["error"]
     actor, task = stopped
     for proc in (actor, task):  # the actor and its task killed by the run's end
-        assert not proc.is_running() or proc.status() == "zombie", proc
+        assert _gone(proc), proc
+
+
+def _gone(proc: psutil.Process, within: float = 30) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == "zombie":
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 # ---------------------------------------------------------------- resume after a SIGKILL

@@ -245,20 +245,27 @@ def _read(path: Path) -> bytes:
         return b""
 
 
+def kill_workers(pids: Sequence[int]) -> None:
+    """On one node: SIGKILL these actors' worker processes (a stopped process ignores
+    everything else, Ray's own kill included)."""
+    import psutil
+
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            if proc.name().startswith("ray::"):  # still the actor's worker, not a new pid
+                proc.kill()
+
+
 def sweep_run(run_id: str, grace: float, actors: Sequence[int] = ()) -> int:
     """On one node: kill the actors' worker processes given (actors that stopped
     answering), stop every process group that carries the run's id (a dead driver's
     tasks, an abandoned actor's), and remove the run's actor folders. Returns how many
     groups were stopped."""
-    import psutil
 
     from .local import agent_groups, stop_groups
 
-    for pid in actors:
-        with contextlib.suppress(psutil.Error):
-            proc = psutil.Process(pid)
-            if proc.name().startswith("ray::"):  # still the actor's worker, not a new pid
-                proc.kill()
+    kill_workers(actors)
     groups = agent_groups(run_id, set())
     stop_groups(groups, grace)
     for folder in Path(tempfile.gettempdir()).glob(f"{_MARK}{run_id}-*"):

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import UsageError
 from .._git import Git, GitError
 from .._logcap import CappedFile
-from ._ray_actor import Reply, Where, Worker, sweep_run
+from ._ray_actor import Reply, Where, Worker, kill_workers, sweep_run
 from .base import Ending, Executor, InstanceSpec, Job, Outcome
 
 if TYPE_CHECKING:
@@ -229,6 +229,7 @@ class RayExecutor(Executor):
             where = slot.where.describe() if slot.where else "its node"
             if slot.where is not None:
                 self._abandoned.setdefault(slot.where.node_id, []).append(slot.where.pid)
+                self._kill_worker(slot.where)
             done.add_done_callback(_ignore)  # its late end (the actor killed) is no news
             self._replace(slot)
             msg = f"timed out after {job.timeout:g}s (the actor on {where} did not answer)"
@@ -338,6 +339,18 @@ class RayExecutor(Executor):
         for actor in actors:
             with contextlib.suppress(Exception):
                 ray.kill(actor, no_restart=True)
+
+    def _kill_worker(self, where: Where) -> None:
+        """Kill an unanswering actor's process on its node, now (not waited for)."""
+        ray = import_ray()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        with contextlib.suppress(Exception):
+            ray.remote(kill_workers).options(
+                num_cpus=0,
+                max_retries=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(where.node_id, soft=False),
+            ).remote([where.pid])
 
     def leftovers(self, run_id: str, groups: Sequence[int]) -> set[int]:
         """A dead driver's actors of this run (by name); `stop` kills them and sweeps
