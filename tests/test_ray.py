@@ -310,6 +310,8 @@ def test_a_killed_nodes_task_runs_again_on_a_live_node(ray_cluster: Any, tmp_pat
     data = json.loads(retries[0]["data"])
     assert data["status"] == "error" and data["counted"] is False
     assert data["error"].startswith("lost node 127.0.0.1 (")  # the node is named
+    (note,) = [n for n in summary.workspace if n.startswith("Ray: lost")]  # and summarized
+    assert note.startswith("Ray: lost node 127.0.0.1 (") and "while t1 ran there" in note
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
 
 

@@ -315,7 +315,7 @@ class Engine:
         if status == "done" and self._gate_failed:
             status = "failed"
         with self.timings("workspace"):
-            notes = self.workspace.finish(status)
+            notes = self.workspace.finish(status) + self.executor.notes()
         end = self.clock.now()
         with self.journal.transaction() as committed:
             for note in notes:

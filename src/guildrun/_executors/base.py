@@ -179,5 +179,9 @@ class Executor(ABC):
     def stop(self, groups: set[int], grace: float) -> None:  # noqa: B027 - optional hook
         """Stop leftovers found by `leftovers`."""
 
+    def notes(self) -> list[str]:
+        """What the run's summary should say about where attempts ran (a node lost)."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """The run is over."""

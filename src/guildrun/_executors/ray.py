@@ -92,7 +92,7 @@ class RayExecutor(Executor):
         self._leftover: list[str] = []
         self._run_id: str | None = None
         self._git: Git | None = None
-        self.lost_nodes: list[str] = []  # nodes lost during the run (the journal names them)
+        self.lost_nodes: list[str] = []  # nodes lost during the run, for the summary
         self._avoid: set[str] = set()  # ids of nodes that lost an actor
         self._abandoned: dict[str, list[int]] = {}  # node -> pids of actors that hung
         self.backstop = _BACKSTOP
@@ -216,7 +216,7 @@ class RayExecutor(Executor):
                 slot.where = await asyncio.wrap_future(actor.where.remote().future())
             commit, bundle = self._bundle(slot, ctx.root, ctx.workdir)
         except ray.exceptions.RayActorError as exc:
-            return self._lost(slot, exc, started)
+            return self._lost(slot, exc, started, ctx.task_id)
         except GitError as exc:
             msg = f"cannot ship the mirror's commit to the actor: {exc}"
             return Outcome(Ending.ERROR, started, self.clock.now(), error=msg)
@@ -243,7 +243,7 @@ class RayExecutor(Executor):
                 await asyncio.wait_for(done, timeout=job.kill_grace + _STOP_WAIT)
             raise
         except ray.exceptions.RayActorError as exc:
-            return self._lost(slot, exc, started)
+            return self._lost(slot, exc, started, ctx.task_id)
         except ray.exceptions.RayError as exc:
             msg = f"the Ray call failed: {type(exc).__name__}: {_first_line(exc)}"
             return Outcome(Ending.ERROR, started, self.clock.now(), error=msg)
@@ -306,11 +306,11 @@ class RayExecutor(Executor):
             finally:
                 out.close()
 
-    def _lost(self, slot: _Slot, exc: BaseException, started: float) -> Outcome:
+    def _lost(self, slot: _Slot, exc: BaseException, started: float, task: str) -> Outcome:
         where = slot.where.describe() if slot.where else "a node not yet known"
         note = f"lost {where}: {type(exc).__name__}"
         slot.lost.append(note)
-        self.lost_nodes.append(where)
+        self.lost_nodes.append(f"Ray: lost {where} while {task} ran there; it ran again")
         if slot.where is not None and slot.where.node_id:
             self._avoid.add(slot.where.node_id)
         self._replace(slot)
@@ -403,6 +403,9 @@ class RayExecutor(Executor):
             with contextlib.suppress(Exception):
                 stopped += int(ray.get(ref))
         return stopped
+
+    def notes(self) -> list[str]:
+        return list(self.lost_nodes)
 
     def close(self) -> None:
         ray = import_ray()
