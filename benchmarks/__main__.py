@@ -11,6 +11,7 @@ from . import (
     callables,
     phases,
     ratelimit,
+    ray,
     scale,
     schedule,
     seed_table,
@@ -31,6 +32,7 @@ SCENARIOS: dict[str, Callable[[Mode], Section]] = {
     "scale": scale.run,
     "worktree": worktree.run,
     "ratelimit": ratelimit.run,
+    "ray": ray.run,
 }
 
 

@@ -148,7 +148,7 @@ process, and checks the targets set in the issues. `--quick` is the small versio
 runs (through `tests/test_benchmarks.py`) to keep the harness working; its figures mean
 nothing. The figures below come from the full mode. `--only NAME` runs one scenario
 (`seed-table`, `schedule`, `trivial`, `callables`, `utilization`, `phases`, `scale`,
-`worktree`).
+`worktree`, `ray`; `ray` needs the extra `guildrun[ray]`).
 
 Where a task's length matters, the task is `sleep D`: a stand-in for a language-model
 call, which costs wall time and no CPU. Lengths are drawn from stated, seeded

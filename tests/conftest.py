@@ -65,3 +65,31 @@ def tasks_plan(n: int, specialist: str = "interface", **extra: Any) -> dict[str,
         "specialists": {specialist: {"run": ["true"]}},
         "tasks": [{"id": str(i), "specialist": specialist, **extra} for i in range(1, n + 1)],
     }
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Any:
+    """One 2-node Ray cluster on loopback per test worker, with token auth, joined by
+    this process (`ray.init`); shut down, its processes and files gone, at the end."""
+    import logging
+    import shutil
+    import tempfile
+
+    import ray  # in the test extra: a missing Ray fails these tests, never skips them
+
+    from guildrun._executors._ray_cluster import LoopbackCluster
+
+    # A short folder: Ray's Unix sockets live under it, and their paths have a limit.
+    tmp = Path(tempfile.mkdtemp(prefix="gr-ray-", dir="/tmp"))
+    cluster = LoopbackCluster(nodes=2, num_cpus=1, tmp=tmp)
+    try:
+        ray.init(
+            address=cluster.address,
+            namespace="guildrun",
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+        )
+        yield cluster
+    finally:
+        cluster.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -12,6 +12,7 @@ EXPECTED = {
     "Interrupted",
     "Plan",
     "PlanError",
+    "RayExecutor",
     "Reporter",
     "RetryPolicy",
     "RoundRobin",

@@ -9,7 +9,9 @@ so both paths through the engine are held to the same facts, read from the journ
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import subprocess
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,13 @@ from guildrun._prepare import prepare
 from guildrun._reporter import Reporter
 from guildrun._resume import resume_async
 
-KINDS = ["fake", pytest.param("local", marks=pytest.mark.slow)]
+KINDS = [
+    "fake",
+    pytest.param("local", marks=pytest.mark.slow),
+    # Actors on a real 2-node Ray cluster on loopback, in worktree mode on a git repository
+    # the harness makes (the Ray backend's files come back as patches).
+    pytest.param("ray", marks=pytest.mark.slow),
+]
 
 
 def _shell(acts: Sequence[Act]) -> str:
@@ -89,7 +97,9 @@ class Harness:
 
     def plan(self, data: dict[str, Any], acts: Mapping[str, Sequence[Act]]) -> Plan:
         data = {**data, "settings": {"sample_interval": 0, **data.get("settings", {})}}
-        if self.kind == "local":
+        if self.kind == "ray":
+            data["settings"] = {**data["settings"], "backend": "ray"}
+        if self.kind in ("local", "ray"):
             data["specialists"] = {
                 name: {**spec, "run": 'eval "$GUILDRUN_PROMPT"', "shell": True}
                 for name, spec in data["specialists"].items()
@@ -112,6 +122,8 @@ class Harness:
         crash_after_commit: int | None = None,
     ) -> Ran:
         acts = acts or {}
+        if self.kind == "ray":
+            _commit_all(self.root)  # worktree mode starts from a clean commit
         prepared = prepare(self.plan(data, acts), root=self.root)
         if self.kind == "fake":
             clock = VirtualClock()
@@ -189,8 +201,23 @@ class _CrashingJournal(Journal):
             raise PowerLoss
 
 
+def _commit_all(root: Path) -> None:
+    """The project as one commit of a git repository (worktree mode's base)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t.invalid")
+    env.update(GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t.invalid")
+    if not (root / ".git").exists():
+        subprocess.run(["git", "init", "-q", "-b", "main"], cwd=root, env=env, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=root, env=env, check=True)
+    subprocess.run(
+        ["git", "commit", "-q", "--allow-empty", "-m", "base"], cwd=root, env=env, check=True
+    )
+
+
 @pytest.fixture(params=KINDS)
 def harness(request: pytest.FixtureRequest, project: Path) -> Iterator[Harness]:
+    if request.param == "ray":
+        request.getfixturevalue("ray_cluster")  # one cluster per test worker, joined here
     yield Harness(request.param, project)
 
 
@@ -231,8 +258,10 @@ def test_round_robin_deals_the_seeds_piles(harness: Harness) -> None:
 
 
 def test_an_idle_instance_steals_from_the_back_of_the_busiest(harness: Harness) -> None:
-    # w1 is long: its instance's pile [w1, w4, w7] is taken over by the others.
-    acts = {f"w{i}": [Act(0.2)] for i in range(1, 8)} | {"w1": [Act(2.0)]}
+    # w1 is long: its instance's pile [w1, w4, w7] is taken over by the others. On Ray
+    # each instance first starts an actor (a second or more on a busy machine): longer.
+    long = 6.0 if harness.kind == "ray" else 2.0
+    acts = {f"w{i}": [Act(0.2)] for i in range(1, 8)} | {"w1": [Act(long)]}
     ran = harness.run(
         {"settings": {"per_agent_type": 3}, "specialists": {"w": {}}, "tasks": tasks(7)}, acts
     )

@@ -26,6 +26,7 @@ SCENARIOS = {
     "scale": ["7. Scale", "resume (prepare)"],
     "worktree": ["8. Worktree mode"],
     "ratelimit": ["9. A rate-limit storm"],
+    "ray": ["10. Ray backend", "plain Ray / task"],
 }
 
 

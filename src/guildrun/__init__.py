@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ._errors import PlanError as PlanError
     from ._errors import UsageError as UsageError
     from ._executors.base import TaskContext as TaskContext
+    from ._executors.ray import RayExecutor as RayExecutor
     from ._journal import Event as Event
     from ._metrics import Summary as Summary
     from ._plan import Plan as Plan
@@ -51,6 +52,7 @@ _EXPORTS = {
     "PlanError": "._errors",
     "UsageError": "._errors",
     "TaskContext": "._executors.base",
+    "RayExecutor": "._executors.ray",  # imports Ray only when one is made
     "Event": "._journal",
     "Summary": "._metrics",
     "Plan": "._plan",
@@ -98,6 +100,7 @@ __all__ = [
     "Interrupted",
     "Plan",
     "PlanError",
+    "RayExecutor",
     "Reporter",
     "RetryPolicy",
     "RoundRobin",

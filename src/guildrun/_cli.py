@@ -127,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--fail-fast", action="store_true", help="stop everything at the first failure")
     budget_args(r)
     _worktree_args(r)
+    _backend_args(r)
 
     rsm = sub.add_parser("resume", help="continue an interrupted run (default: the latest)")
     rsm.add_argument("run", nargs="?", help=RUN_HELP)
@@ -136,6 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     output_args(rsm)
     budget_args(rsm)
+    _backend_args(rsm)
 
     rr = sub.add_parser(
         "rerun", help="a new run of a past run's plan: its failed tasks, or named ones"
@@ -246,6 +248,32 @@ def _worktree_args(sp: argparse.ArgumentParser) -> None:
     )
 
 
+def _backend_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        help="where attempts run: this machine, or actors on a Ray cluster (guildrun[ray]; "
+        "worktree mode)",
+    )
+    sp.add_argument(
+        "--address",
+        metavar="auto|HOST:PORT",
+        help="the Ray cluster's head (default: RAY_ADDRESS, else a cluster on this machine)",
+    )
+
+
+def _backend(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if args.backend:
+        out["backend"] = args.backend
+    if args.address:
+        if (args.backend or "ray") != "ray":
+            raise UsageError("--address is for --backend ray")
+        out["ray_address"] = args.address
+        out.setdefault("backend", "ray")
+    return out
+
+
 def overview(parser: argparse.ArgumentParser) -> str:
     """What `guildrun` alone prints: each command with its one line, and where to go next."""
     lines = [
@@ -295,6 +323,8 @@ def _prepare(args: argparse.Namespace) -> Prepared:
     for flag in ("allow_dirty", "apply"):
         if getattr(args, flag, False):
             overrides[flag] = True
+    if getattr(args, "backend", None) or getattr(args, "address", None):
+        overrides.update(_backend(args))
     return prepare(args.plan, root=args.root, overrides=overrides, auto=args.auto)
 
 
@@ -403,7 +433,7 @@ def _cmd_resume(args: argparse.Namespace, con: _Consoles) -> int:
                 args.run,
                 root=args.root,
                 retry_failed=args.retry_failed,
-                settings=_budget(args),
+                settings={**_budget(args), **_backend(args)},
                 reporter=_reporter(args, con, stack),
                 crash_after_commit=_crash_hook(),
                 own_files=_own_files(args, root),

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from ._agents.base import RateLimited, Signal
 from ._clock import Clock, WallClock
+from ._errors import UsageError
 from ._executors.base import Ending, Executor, Job, Outcome
 from ._glob import Glob
 from ._jobs import Jobs
@@ -329,7 +330,7 @@ class Engine:
         if status == "done" and self._gate_failed:
             status = "failed"
         with self.timings("workspace"):
-            notes = self.workspace.finish(status)
+            notes = self.workspace.finish(status) + self.executor.notes()
         end = self.clock.now()
         with self.journal.transaction() as committed:
             for note in notes:
@@ -1110,8 +1111,17 @@ async def run_prepared(
             monitor = None
             if prepared.settings.sample_interval > 0:
                 monitor = Monitor(prepared.settings.max_cpu, prepared.settings.min_free_memory_mb)
+            if executor is None and prepared.settings.backend == "ray":
+                from ._executors.ray import ray_executor
+
+                executor = ray_executor(prepared)
             if executor is None:
                 executor = local_executor(prepared, monitor)
+            if executor.worktrees_only and prepared.settings.workspace != "worktree":
+                raise UsageError(
+                    f"{type(executor).__name__} runs tasks where the project is not: it "
+                    "needs workspace: worktree (or backend: ray) in the settings"
+                )
             engine = Engine(
                 prepared,
                 journal,

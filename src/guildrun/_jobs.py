@@ -46,7 +46,8 @@ class Jobs:
         self.results: dict[str, str] = dict(results)
 
     def instance(self, name: str, specialist: str) -> InstanceSpec:
-        return InstanceSpec(name, specialist, dict(self.plan.specialists[specialist].env))
+        spec = self.plan.specialists[specialist]
+        return InstanceSpec(name, specialist, dict(spec.env), dict(spec.resources))
 
     def make(
         self,
@@ -111,6 +112,7 @@ class Jobs:
             env=ctx.env() if argv is not None or specialist.agent is not None else {},
             agent=specialist.agent,
             resume_session=resume_session if specialist.agent is not None else None,
+            python=specialist.python,
         )
 
     def _ref(self, ph: tpl.Placeholder) -> str:

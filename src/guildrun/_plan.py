@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
 from . import _templates as tpl
@@ -130,6 +138,13 @@ class Specialist(BaseModel):
     )
     max_cost_usd: float | None = Field(
         default=None, gt=0, description="Most USD one task may spend (passed to the agent)."
+    )
+    resources: dict[str, NonNegativeFloat] = Field(
+        default_factory=dict,
+        description=(
+            "Ray backend: what one instance needs from a node, e.g. {num_cpus: 1} or a custom "
+            "resource {agent_host: 1} (default: no CPU reserved, placed anywhere)."
+        ),
     )
     func: SkipJsonSchema[Callable[..., Any] | None] = Field(default=None, exclude=True)
 
@@ -677,6 +692,7 @@ class SpecialistSpec:
     root: Path | None = None
     agent: AgentSpec | None = None
     keep_context: bool = False
+    resources: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -788,6 +804,7 @@ def _compile_specialists(
             root=root,
             agent=agent,
             keep_context=spec.keep_context,
+            resources=dict(spec.resources),
         )
     for name, spec in plan.specialists.items():
         for j, other in enumerate(spec.can_help):

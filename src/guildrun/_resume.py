@@ -87,6 +87,12 @@ def prepare_resume(
             restore_plan_env(model.specialists, os.environ)
         saved = Settings.model_validate_json(row["settings_json"])
         # A resume may raise the budget (`--max-cost-usd`): a budget stop is resumable.
+        wanted = (overrides or {}).get("backend")
+        if wanted is not None and wanted != saved.backend:
+            raise UsageError(
+                f"run {run_id} ran on the {saved.backend} backend: resume it with "
+                f"--backend {saved.backend}"
+            )
         settings = saved.model_copy(update=dict(overrides or {}))
         compiled = compile_plan(model, project, settings)
         limits = {k: int(v) for k, v in json.loads(row["limits_json"]).items()}
@@ -94,8 +100,10 @@ def prepare_resume(
         open_attempts = [a for a in attempts if a["status"] == "running"]
         pgids = {a["pgid"] for a in open_attempts if a["pgid"]}
         # The executor that ran them finds what is left (processes, actors) and stops it.
-        finder = executor or LocalExecutor()
+        finder = executor or _finder(settings)
         finder.stop(finder.leftovers(run_id, sorted(pgids)), settings.kill_grace)
+        if finder is not executor:
+            finder.close()
         store = Store(project)
         now = (clock or WallClock()).now()
         with journal.transaction():
@@ -137,6 +145,15 @@ def prepare_resume(
         known = estimate(compiled, journal_path(project), prompts)
     prepared = Prepared(compiled, model, project, settings, limits, estimates=known)
     return prepared, run_id, ResumeState(done, final, tries, results)
+
+
+def _finder(settings: Settings) -> Executor:
+    """The executor kind that ran the run, to find what it left."""
+    if settings.backend == "ray":
+        from ._executors.ray import RayExecutor
+
+        return RayExecutor(settings.ray_address)
+    return LocalExecutor()
 
 
 async def resume_async(

@@ -141,6 +141,32 @@ class Settings(BaseModel):
         description="Worktree mode: bring the result into the current branch at the end.",
     )
 
+    backend: Literal["local", "ray"] = Field(
+        default="local",
+        description=(
+            "Where attempts run: 'local' (processes on this machine) or 'ray' (an actor per "
+            "instance on a Ray cluster; needs guildrun[ray] and runs in worktree mode)."
+        ),
+    )
+    ray_address: str | None = Field(
+        default=None,
+        description="Ray backend: the head's HOST:PORT or 'auto' (default: RAY_ADDRESS, or auto).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ray_in_worktrees(cls, data: Any) -> Any:
+        """Ray's actors work in clones of their own, so their work comes back as patches:
+        worktree mode is the Ray backend's, and an explicit shared tree is refused."""
+        if isinstance(data, dict) and data.get("backend") == "ray":
+            if data.get("workspace") == "shared":
+                raise ValueError(
+                    "backend ray runs every task in a clone on its node: it needs "
+                    "workspace: worktree, not shared"
+                )
+            data = {**data, "workspace": "worktree"}
+        return data
+
     @model_validator(mode="after")
     def _worktree_only(self) -> Settings:
         for name in ("allow_dirty", "apply"):

@@ -100,6 +100,7 @@ class Job:
     env: Mapping[str, str] = field(default_factory=dict)
     agent: AgentSpec | None = None  # an agent CLI preset runs it (argv is then None)
     resume_session: str | None = None  # the agent continues this session
+    python: str | None = None  # a `python: module:function` specialist, for a remote side
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class InstanceSpec:
     name: str
     specialist: str
     env: Mapping[str, str] = field(default_factory=dict)
+    resources: Mapping[str, float] = field(default_factory=dict)  # placement (Ray)
 
 
 @dataclass
@@ -125,6 +127,7 @@ class Outcome:
     tokens: int | None = None
     cost_estimated: bool = False  # from tokens and a price table, not the agent's own figure
     session_id: str | None = None  # the agent's session, to continue it
+    lost: bool = False  # the executor lost it (a node or worker died): not the task's fault
 
     @property
     def ok(self) -> bool:
@@ -143,6 +146,7 @@ class Executor(ABC):
     on_signal: SignalListener | None = None
     redactor: Redactor = NO_SECRETS  # the engine sets the run's; applied to logs and outcomes
     max_log_bytes: int = DEFAULT_MAX_LOG  # per stream of an attempt (settings.max_log_bytes)
+    worktrees_only: bool = False  # its attempts cannot see the project: worktree mode only
 
     def start(
         self,
@@ -174,6 +178,10 @@ class Executor(ABC):
 
     def stop(self, groups: set[int], grace: float) -> None:  # noqa: B027 - optional hook
         """Stop leftovers found by `leftovers`."""
+
+    def notes(self) -> list[str]:
+        """What the run's summary should say about where attempts ran (a node lost)."""
+        return []
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """The run is over."""

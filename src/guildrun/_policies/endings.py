@@ -132,6 +132,18 @@ def retry_rate_limited(most: int = 50) -> Policy:
     return Policy(rule, f"retry_rate_limited({most})")
 
 
+def retry_lost(most: int = 3) -> Policy:
+    """An attempt the executor lost (its node or worker died: `Outcome.lost`) runs
+    again at once on a live instance, without counting as a try, up to `most` times."""
+
+    def rule(e: Ended, rng: random.Random) -> Verdict | None:
+        if e.outcome.lost and e.outcome.status is Ending.ERROR and e.free_attempts < most:
+            return Retry(0.0, counts=False)
+        return None
+
+    return Policy(rule, f"retry_lost({most})")
+
+
 def _retry_by_policy(e: Ended, rng: random.Random) -> Verdict | None:
     o = e.outcome
     if o.status is Ending.VIOLATION:
@@ -164,6 +176,7 @@ def default_policy(*, isolation: str, fail_fast: bool) -> Policy:
         | rerun_on_conflict
         | rerun_alone_on_violation
         | retry_rate_limited()
+        | retry_lost()
         | retry_by_policy
         | fail_and_stop(isolation=isolation, fail_fast=fail_fast)
     )
