@@ -18,6 +18,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -27,7 +28,7 @@ from typing import Any, BinaryIO, cast
 
 import psutil
 
-from .. import _reaper
+from .. import _reaper, _spawner
 from .._clock import Clock
 from .._errors import GuildrunError
 from .._logcap import CappedFile
@@ -229,6 +230,8 @@ class LocalExecutor(Executor):
         self._state_root: Path | None = None  # agents' private CLI state, per instance
         self._run_id: str | None = None
         self._subreaper = False
+        self._spawner: _spawner.Spawner | None = None
+        self._spawner_tried = False
 
     def start(
         self,
@@ -239,6 +242,27 @@ class LocalExecutor(Executor):
         super().start(clock, on_spawn, on_signal)
         # Orphans of our tasks become our children, so none escapes the sweep at its end.
         self._subreaper = _reaper.become_subreaper()
+        with contextlib.suppress(RuntimeError):  # no loop yet: at the first command
+            self._spawner_for(asyncio.get_running_loop())
+
+    def _spawner_for(self, loop: asyncio.AbstractEventLoop) -> _spawner.Spawner | None:
+        """The process spawner, started once; None where it cannot run (then Popen).
+
+        It needs the subreaper bit: should it die, the commands it started must become
+        ours, so their exits can still be read and their groups still swept.
+        """
+        if not self._spawner_tried:
+            self._spawner_tried = True
+            if self._subreaper and _spawner.usable():
+                try:
+                    self._spawner = _spawner.Spawner(loop)
+                except (OSError, ValueError) as exc:
+                    _say_once(f"cannot start it: {getattr(exc, 'strerror', None) or exc}")
+        spawner = self._spawner
+        if spawner is not None and not spawner.alive:
+            _say_once(spawner.failure or "it stopped")
+            self._spawner = spawner = None
+        return spawner
 
     def open_instance(self, spec: InstanceSpec) -> None:
         env = self._env.get(spec.specialist)
@@ -280,31 +304,24 @@ class LocalExecutor(Executor):
         loop = asyncio.get_running_loop()
         clock = self.clock
         started = clock.now()
-        env = self._env_for(job)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
-            # A relative program path is resolved against the task's directory, like a shell.
-            proc = subprocess.Popen(  # noqa: ASYNC220 - only forks and execs
-                job.argv,
-                executable=_which(job.argv[0], env.get(b"PATH"), job.context.workdir),
-                cwd=job.context.workdir,
-                env=env,  # bytes keys and values, pre-encoded
-                stdin=subprocess.DEVNULL,
-                stdout=out_w,
-                stderr=err_w,
-                start_new_session=True,
-            )
-        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or env
-            for fd in (out_r, out_w, err_r, err_w):
-                os.close(fd)
-            msg = f"cannot start {job.argv[0]!r}: {getattr(exc, 'strerror', None) or exc}"
+            try:
+                launched = await self._launch(loop, job, out_w, err_w)
+            finally:
+                os.close(out_w)
+                os.close(err_w)
+        except (OSError, ValueError, _spawner.Lost) as exc:  # ValueError: a NUL byte
+            os.close(out_r)
+            os.close(err_r)
+            if isinstance(exc, _spawner.Lost):
+                msg = f"cannot start {job.argv[0]!r}: the process spawner died ({exc})"
+            else:
+                msg = f"cannot start {job.argv[0]!r}: {getattr(exc, 'strerror', None) or exc}"
             job.stderr_path.write_text(msg + "\n")
             return Outcome(Ending.ERROR, started, clock.now(), error=msg)
-        os.close(out_w)
-        os.close(err_w)
-        # We reap the pid ourselves below; tell Popen so it does not try again.
-        pid, proc.returncode = proc.pid, 0
+        pid, exited, reap = launched
         secrets = self.redactor
         sinks = (
             _Sink(loop, out_r, job.stdout_path, secrets.stream(), self.max_log_bytes),
@@ -314,14 +331,6 @@ class LocalExecutor(Executor):
         self._groups[task] = pid
         if self.on_spawn is not None:
             self.on_spawn(task, job.context.attempt, pid)
-        pidfd = os.pidfd_open(pid)
-        exited = loop.create_future()
-
-        def _ready() -> None:
-            if not exited.done():
-                exited.set_result(None)
-
-        loop.add_reader(pidfd, _ready)
         status = Ending.DONE
         error: str | None = None
         try:
@@ -338,16 +347,16 @@ class LocalExecutor(Executor):
                 raise
         finally:
             self._groups.pop(task, None)
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
             _kill_group(pid, signal.SIGKILL)
             # What left the group (setsid, setpgid, a double fork) is found and killed,
             # while the leader is still an unreaped zombie: its pid, the task's session
             # id, cannot have been given to anyone else.
             self._run_id = job.context.run_id
-            _reaper.sweep(job.context.run_id, task, pid, {pid, *self._groups.values()})
-            # The pidfd said it exited: this waitpid returns at once.
-            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])  # noqa: ASYNC222
+            keep = {pid, *self._groups.values()}
+            if self._spawner is not None:
+                keep.add(self._spawner.pid)
+            _reaper.sweep(job.context.run_id, task, pid, keep)
+            code = reap()
             for sink in sinks:
                 sink.drain()
         ended = clock.now()
@@ -359,6 +368,69 @@ class LocalExecutor(Executor):
             outcome.result = sinks[0].kept.decode("utf-8", errors="replace")
             _result_or_failure(job, outcome)
         return outcome
+
+    async def _launch(
+        self, loop: asyncio.AbstractEventLoop, job: Job, out_w: int, err_w: int
+    ) -> tuple[int, asyncio.Future[Any], Callable[[], int]]:
+        """Start a command in a session of its own: (pid, a future done at its exit, and
+        what reaps it, once its group is killed and swept, giving its exit code)."""
+        assert job.argv is not None
+        workdir = job.context.workdir
+        spawner = self._spawner_for(loop)
+        if spawner is not None:
+            base = self._instance_env.get(job.context.instance, self._base_env)
+            extra = {k.encode(): os.fsencode(v) for k, v in job.env.items()}
+            path = extra.get(b"PATH", base.get(b"PATH"))
+            program = _which(job.argv[0], path, workdir)
+            try:
+                starting = spawner.start(program, job.argv, base, extra, str(workdir), out_w, err_w)
+            except _spawner.Unavailable:
+                pass  # nothing started: Popen below
+            else:
+                try:
+                    # Cancelled meanwhile, the spawner kills what it started (_started).
+                    pid = await starting
+                except _spawner.Unavailable:
+                    self._spawner_for(loop)  # it could not start: said once, Popen below
+                else:
+                    exit_code = spawner.exit_of(pid)
+
+                    def release() -> int:
+                        code = exit_code.result() if exit_code.done() else -signal.SIGKILL
+                        spawner.release(pid)
+                        return code
+
+                    return pid, exit_code, release
+        env = self._env_for(job)
+        # A relative program path is resolved against the task's directory, like a shell.
+        proc = subprocess.Popen(  # noqa: ASYNC220 - only forks and execs
+            job.argv,
+            executable=_which(job.argv[0], env.get(b"PATH"), workdir),
+            cwd=workdir,
+            env=env,  # bytes keys and values, pre-encoded
+            stdin=subprocess.DEVNULL,
+            stdout=out_w,
+            stderr=err_w,
+            start_new_session=True,
+        )
+        # We reap the pid ourselves; tell Popen so it does not try again.
+        pid, proc.returncode = proc.pid, 0
+        pidfd = os.pidfd_open(pid)
+        exited = loop.create_future()
+
+        def _ready() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(pidfd, _ready)
+
+        def reap() -> int:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            # The pidfd said it exited (or it was just SIGKILLed): this returns at once.
+            return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+        return pid, exited, reap
 
     async def _call(self, job: Job) -> Outcome:
         """Call the specialist's function with the TaskContext; a string it returns is
@@ -537,6 +609,10 @@ class LocalExecutor(Executor):
         stop_groups(groups, grace)
 
     def close(self) -> None:
+        if self._spawner is not None:
+            self._spawner.close()
+            self._spawner = None
+        self._spawner_tried = False
         if self._state_root is not None:
             shutil.rmtree(self._state_root, ignore_errors=True)
             self._state_root = None
@@ -584,6 +660,20 @@ def _which(program: str, path: bytes | None, cwd: Path) -> str:
     if found is None:
         raise FileNotFoundError(errno.ENOENT, "not found on PATH", program)
     return found
+
+
+_said = False
+
+
+def _say_once(why: str) -> None:
+    """The spawner is a speed-up, not a guarantee: say once that commands go without it."""
+    global _said
+    if not _said:
+        _said = True
+        sys.stderr.write(
+            f"guildrun: note: the process spawner is unavailable ({why}); "
+            "commands start through Popen (slower, just as safe)\n"
+        )
 
 
 def _kill_group(pgid: int, sig: signal.Signals) -> None:
