@@ -71,7 +71,6 @@ class _Spawner:
         self.running: dict[int, int] = {}  # pidfd -> pid
         self.unreaped: set[int] = set()  # exited and reported, not yet released
         self.release_at_exit: set[int] = set()  # released while still running
-        self.cwd: str | None = None
 
     def send(self, msg: tuple[Any, ...]) -> None:
         self.sock.send(marshal.dumps(msg))
@@ -122,10 +121,8 @@ class _Spawner:
             if extra:
                 env = env.copy()
                 env.update(extra)
-            if cwd != self.cwd:
-                self.cwd = None
-                os.chdir(cwd)  # this process has one thread: its cwd is the child's
-                self.cwd = cwd
+            # Every time, even to the same path: a worktree may have been made anew there.
+            os.chdir(cwd)  # this process has one thread: its cwd is the child's
             pid = os.posix_spawn(
                 path,
                 argv,
@@ -183,7 +180,14 @@ def main() -> None:
     parent = int(sys.argv[2])
     os.set_inheritable(fd, False)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the engine decides when commands stop
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # an inherited SIG_IGN would auto-reap
     _die_with_parent(parent)
+    try:  # a libc without POSIX_SPAWN_SETSID: end before "ready", the engine uses Popen
+        os.posix_spawn("/", ["/"], {}, setsid=True)
+    except NotImplementedError:
+        sys.exit(1)
+    except OSError:
+        pass  # EACCES: supported
     _Spawner(socket.socket(fileno=fd)).serve()
 
 
