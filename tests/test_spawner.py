@@ -99,6 +99,40 @@ def test_commands_get_their_cwd_env_fds_session_and_exit_code(tmp_path: Path) ->
     asyncio.run(main())
 
 
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+def test_a_command_is_reaped_only_once_released(tmp_path: Path) -> None:
+    """Until the engine releases it, an ended command stays a zombie: its pid, group and
+    session id cannot be reused while the engine still kills and sweeps by them."""
+
+    async def main() -> None:
+        spawner = _spawner.Spawner(asyncio.get_running_loop())
+        try:
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            started = spawner.start("/bin/true", ["true"], _env(), {}, str(tmp_path), out_w, out_w)
+            os.close(out_w)
+            os.close(out_r)
+            pid = await started
+            assert await asyncio.wait_for(spawner.exit_of(pid), timeout=30) == 0
+            await asyncio.sleep(0.2)
+            assert _state(pid) == "Z"
+            spawner.release(pid)
+            for _ in range(500):
+                if _state(pid) is None:
+                    break
+                await asyncio.sleep(0.01)
+            assert _state(pid) is None
+        finally:
+            spawner.close()
+
+    asyncio.run(main())
+
+
 def test_a_command_that_cannot_start_is_an_oserror_and_nothing_runs(tmp_path: Path) -> None:
     async def main() -> None:
         spawner = _spawner.Spawner(asyncio.get_running_loop())

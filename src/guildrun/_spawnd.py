@@ -11,9 +11,10 @@ guildrun, only the standard modules below.
 One marshal'd tuple per SOCK_SEQPACKET message, over the socket at FD:
 
     engine -> here   ("env", id, {key: value})        a base environment, kept by id
-                     ("spawn", seq, path, argv, env_id, {key: value}, cwd)
-                         with the command's stdout and stderr passed as SCM_RIGHTS
-                     ("release", pid)                 the engine is done with it: reap it
+                     ("spawn", seq, path, argv, env_id, {key: value}, cwd, [pid, ...])
+                         with the command's stdout and stderr passed as SCM_RIGHTS; the
+                         pids are released as by "release" (one message fewer per task)
+                     ("release", [pid, ...])          the engine is done with them: reap
     here -> engine   ("ready",)
                      ("pid", seq, pid) | ("err", seq, errno, text)
                      ("exit", pid, code)              code as os.waitstatus_to_exitcode
@@ -110,12 +111,15 @@ class _Spawner:
             for fd in fds:
                 os.close(fd)
             if msg[0] == "release":
-                self.release(msg[1])
+                for pid in msg[1]:
+                    self.release(pid)
             elif msg[0] == "env":
                 self.envs[msg[1]] = msg[2]
 
     def spawn(self, msg: tuple[Any, ...], out: int, err: int) -> None:
-        _, seq, path, argv, env_id, extra, cwd = msg
+        _, seq, path, argv, env_id, extra, cwd, done = msg
+        for pid in done:
+            self.release(pid)
         try:
             env = self.envs[env_id]
             if extra:

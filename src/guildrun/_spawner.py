@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 PROGRAM = Path(__file__).with_name("_spawnd.py")
+RELEASE_DELAY = 0.005  # seconds a release waits for a start to go with
 MAX_MESSAGE = 1 << 17  # bigger requests (a huge prompt in the environment) use Popen
 _FDS = socket.CMSG_SPACE(2 * 4)
 
@@ -67,6 +68,8 @@ class Spawner:
         self._exits: dict[int, asyncio.Future[int]] = {}
         self._envs: dict[int, tuple[int, Mapping[bytes, bytes]]] = {}  # id(env) -> (n, env)
         self._watched: dict[int, int] = {}  # pid -> pidfd, after the spawner died
+        self._released: list[int] = []  # released, not yet told
+        self._flushing: asyncio.TimerHandle | None = None
         loop.add_reader(ours.fileno(), self._readable)
 
     @property
@@ -96,8 +99,12 @@ class Spawner:
             self._send(marshal.dumps(("env", known[0], dict(env))))
             self._envs[id(env)] = known
         self._seq += 1
-        msg = marshal.dumps(("spawn", self._seq, path, list(argv), known[0], dict(extra), cwd))
+        done = self._released
+        msg = marshal.dumps(
+            ("spawn", self._seq, path, list(argv), known[0], dict(extra), cwd, done)
+        )
         self._send(msg, (stdout, stderr))
+        self._released = []
         started: asyncio.Future[int] = self.loop.create_future()
         self._starts[self._seq] = started
         return started
@@ -107,18 +114,41 @@ class Spawner:
         return self._exits[pid]
 
     def release(self, pid: int) -> None:
-        """The engine is done with the command (group killed, escapees swept): reap it."""
+        """The engine is done with the command (group killed, escapees swept): reap it.
+
+        Said with the next start, or within a few milliseconds when none comes: a
+        message and a wake-up of the spawner fewer per task; a zombie waits a little.
+        """
         self._exits.pop(pid, None)
-        if self.alive:
-            with contextlib.suppress(OSError, Unavailable):
-                self._send(marshal.dumps(("release", pid)))
-                return
-        self._unwatch(pid)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
+        if not self.alive:
+            _reap(pid)
+            self._unwatch(pid)
+            return
+        self._released.append(pid)
+        if self._flushing is None:
+            self._flushing = self.loop.call_later(RELEASE_DELAY, self._flush)
+
+    def _flush(self) -> None:
+        self._flushing = None
+        if not self._released or not self.alive:
+            return
+        try:
+            self._send(marshal.dumps(("release", self._released)))
+        except Unavailable:
+            if self.alive:  # not keeping up: again a little later
+                self._flushing = self.loop.call_later(RELEASE_DELAY, self._flush)
+            return
+        self._released = []
 
     def close(self) -> None:
         """Stop the spawner; the commands it started have all been released by now."""
+        if self._flushing is not None:
+            self._flushing.cancel()
+            self._flushing = None
+        if self.alive and self._released:
+            with contextlib.suppress(Unavailable):
+                self._send(marshal.dumps(("release", self._released)))  # before its EOF
+                self._released = []
         if self.alive:
             self.alive = False
             self.failure = "closed"
@@ -129,6 +159,9 @@ class Spawner:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        for pid in self._released:  # not told in time: its zombies came to us
+            _reap(pid)
+        self._released = []
         for pid in list(self._watched):
             self._unwatch(pid)
 
@@ -196,6 +229,9 @@ class Spawner:
         self.sock.close()
         with contextlib.suppress(ChildProcessError):
             self.proc.wait()  # once it is reaped, its orphans are ours (we are a subreaper)
+        for pid in self._released:  # its orphans now, ours to reap
+            _reap(pid)
+        self._released = []
         unanswered = Unavailable(why) if not self.ready else Lost(why)
         for waiting in self._starts.values():
             if not waiting.done():
@@ -225,6 +261,11 @@ class Spawner:
         if pidfd is not None:
             self.loop.remove_reader(pidfd)
             os.close(pidfd)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
 
 
 def _wait_code(pid: int) -> int:
