@@ -352,10 +352,7 @@ class LocalExecutor(Executor):
             # while the leader is still an unreaped zombie: its pid, the task's session
             # id, cannot have been given to anyone else.
             self._run_id = job.context.run_id
-            keep = {pid, *self._groups.values()}
-            if self._spawner is not None:
-                keep.add(self._spawner.pid)
-            _reaper.sweep(job.context.run_id, task, pid, keep)
+            _reaper.sweep(job.context.run_id, task, pid, self._keep(pid))
             code = reap()
             for sink in sinks:
                 sink.drain()
@@ -567,7 +564,7 @@ class LocalExecutor(Executor):
                 _kill_group(pid, signal.SIGKILL)
                 # What left the group is found and killed (the leader is asyncio's to reap).
                 self._run_id = ctx.run_id
-                _reaper.sweep(ctx.run_id, task, pid, {pid, *self._groups.values()})
+                _reaper.sweep(ctx.run_id, task, pid, self._keep(pid))
             try:
                 # The pipes close once every process holding them is gone: bounded anyway.
                 stderr_tail = await asyncio.wait_for(following, timeout=10)
@@ -593,6 +590,13 @@ class LocalExecutor(Executor):
             cost_estimated=verdict.cost_estimated,
             session_id=verdict.session_id or session,
         )
+
+    def _keep(self, leader: int) -> set[int]:
+        """Our children a task's sweep must not touch: running leaders, the spawner."""
+        keep = {leader, *self._groups.values()}
+        if self._spawner is not None:
+            keep.add(self._spawner.pid)
+        return keep
 
     # ------------------------------------------------------------ resources and leftovers
 
