@@ -303,3 +303,20 @@ def test_the_spawner_dies_with_the_engine(project: Path) -> None:
         for p in sleepers:
             with contextlib.suppress(psutil.Error):
                 p.kill()
+
+
+def test_agent_clis_start_through_the_spawner_too(project: Path, tmp_path: Path) -> None:
+    """An agent is kept unreaped until its group is killed and swept, as a command is."""
+    fake = tmp_path / "fake-aider"
+    seen = tmp_path / "parent.txt"
+    fake.write_text(f"#!/bin/sh\ntr '\\0' ' ' < /proc/$PPID/cmdline > {seen}\necho done\n")
+    fake.chmod(0o755)
+    plan = guildrun.Plan.model_validate(
+        {
+            "specialists": {"a": {"agent": "aider", "program": str(fake)}},
+            "tasks": [{"id": "t", "specialist": "a", "prompt": "hi", "files": ["x.txt"]}],
+        }
+    )
+    summary = guildrun.run(plan, root=project)
+    assert [t.attempts for t in summary.tasks] == [1]
+    assert "_spawnd.py" in seen.read_text()

@@ -1,9 +1,10 @@
 """The local executor: attempts as processes (or Python callables) on this machine.
 
-Commands run in their own process group, watched through a pidfd, their output drained
-by the event loop into lazily made log files; Python callables run on the loop or in a
-worker thread. The executor remembers the process groups it started, so it can sample
-their resources and, after a crash, find and stop what a dead engine left behind.
+Commands and agent CLIs run in their own process group, started by the spawner process
+(`_spawner`; `Popen` and a pidfd where it cannot run), their output drained by the event
+loop into lazily made log files; Python callables run on the loop or in a worker thread.
+The executor remembers the process groups it started, so it can sample their resources
+and, after a crash, find and stop what a dead engine left behind.
 """
 
 from __future__ import annotations
@@ -209,9 +210,10 @@ class LocalExecutor(Executor):
     """Attempts as local processes or in-process callables.
 
     A command runs (never through a shell unless the plan said so) in its own process
-    group. Its exit is watched through a pidfd: when it fires the leader is a zombie, its
-    pid cannot be reused, and the whole group can be killed safely before the zombie is
-    reaped, so no child or grandchild of the task outlives it.
+    group. When it exits the leader stays an unreaped zombie (the spawner keeps it until
+    released; without the spawner, a pidfd tells us and we reap it), so its pid cannot be
+    reused and the whole group can be killed safely before the zombie is reaped: no child
+    or grandchild of the task outlives it.
     """
 
     def __init__(
@@ -308,7 +310,7 @@ class LocalExecutor(Executor):
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
             try:
-                launched = await self._launch(loop, job, out_w, err_w)
+                launched = await self._launch(loop, job, job.argv, {}, out_w, err_w)
             finally:
                 os.close(out_w)
                 os.close(err_w)
@@ -367,20 +369,27 @@ class LocalExecutor(Executor):
         return outcome
 
     async def _launch(
-        self, loop: asyncio.AbstractEventLoop, job: Job, out_w: int, err_w: int
+        self,
+        loop: asyncio.AbstractEventLoop,
+        job: Job,
+        argv: Sequence[str],
+        more_env: Mapping[str, str],
+        out_w: int,
+        err_w: int,
     ) -> tuple[int, asyncio.Future[Any], Callable[[], int]]:
-        """Start a command in a session of its own: (pid, a future done at its exit, and
-        what reaps it, once its group is killed and swept, giving its exit code)."""
-        assert job.argv is not None
+        """Start `argv` for the job in a session of its own, stdin /dev/null, with the
+        job's environment and `more_env`: (pid, a future done at its exit, and what reaps
+        it, once its group is killed and swept, giving its exit code)."""
         workdir = job.context.workdir
         spawner = self._spawner_for(loop)
         if spawner is not None:
             base = self._instance_env.get(job.context.instance, self._base_env)
             extra = {k.encode(): os.fsencode(v) for k, v in job.env.items()}
+            extra.update({os.fsencode(k): os.fsencode(v) for k, v in more_env.items()})
             path = extra.get(b"PATH", base.get(b"PATH"))
-            program = _which(job.argv[0], path, workdir)
+            program = _which(argv[0], path, workdir)
             try:
-                starting = spawner.start(program, job.argv, base, extra, str(workdir), out_w, err_w)
+                starting = spawner.start(program, argv, base, extra, str(workdir), out_w, err_w)
             except _spawner.Unavailable:
                 pass  # nothing started: Popen below
             else:
@@ -399,10 +408,11 @@ class LocalExecutor(Executor):
 
                     return pid, exit_code, release
         env = self._env_for(job)
+        env.update({os.fsencode(k): os.fsencode(v) for k, v in more_env.items()})
         # A relative program path is resolved against the task's directory, like a shell.
         proc = subprocess.Popen(  # noqa: ASYNC220 - only forks and execs
-            job.argv,
-            executable=_which(job.argv[0], env.get(b"PATH"), workdir),
+            argv,
+            executable=_which(argv[0], env.get(b"PATH"), workdir),
             cwd=workdir,
             env=env,  # bytes keys and values, pre-encoded
             stdin=subprocess.DEVNULL,
@@ -485,6 +495,7 @@ class LocalExecutor(Executor):
         from .._agents.follow import follow
 
         assert job.agent is not None
+        loop = asyncio.get_running_loop()
         spec, ctx, clock = job.agent, job.context, self.clock
         preset = PRESETS[spec.agent]
         started = clock.now()
@@ -500,30 +511,32 @@ class LocalExecutor(Executor):
                 state_dir=self._state_dir(ctx.instance),
                 resume_session=job.resume_session,
             )
-            env = self._env_for(job)
-            env.update({os.fsencode(k): os.fsencode(v) for k, v in inv.env.items()})
             reader = preset.reader(spec)
             logs = (
                 _AgentLog(job.stdout_path, self.redactor.stream(), self.max_log_bytes),
                 _AgentLog(job.stderr_path, self.redactor.stream(), self.max_log_bytes),
             )
-            proc = await asyncio.create_subprocess_exec(
-                *inv.argv,
-                cwd=ctx.workdir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
-        except (OSError, ValueError) as exc:
+            # Started as a command is (through the spawner when it runs): the agent stays
+            # unreaped until its group is killed and swept, so no kill hits a reused pid.
+            proc = _Piped()
+            ends: list[int] = []  # the write ends, the agent's once it started
+            try:
+                ends.append(await proc.open(loop, "stdout"))
+                ends.append(await proc.open(loop, "stderr"))
+                pid, waited, reap = await self._launch(loop, job, inv.argv, inv.env, *ends)
+            except BaseException:
+                proc.close()
+                raise
+            finally:
+                for fd in ends:
+                    os.close(fd)
+        except (OSError, ValueError, _spawner.Lost) as exc:
             for log in logs:
                 log.close()
             msg = f"cannot start {spec.agent}: {getattr(exc, 'strerror', None) or exc}"
             with contextlib.suppress(OSError):
                 job.stderr_path.write_text(msg + "\n")
             return Outcome(Ending.ERROR, started, clock.now(), error=msg)
-        pid = proc.pid
         task = ctx.task_id
         self._groups[task] = pid
         if self.on_spawn is not None:
@@ -545,11 +558,11 @@ class LocalExecutor(Executor):
         with contextlib.ExitStack() as closing:
             for log in logs:
                 closing.callback(log.close)
+            closing.callback(proc.close)  # read to their end by now, or given up on
             out, err = (cast(BinaryIO, log) for log in logs)
             following = asyncio.ensure_future(
                 follow(proc, reader, heard, stdout_log=out, stderr_log=err)
             )
-            waited = asyncio.ensure_future(proc.wait())
             try:
                 done, _ = await asyncio.wait({waited}, timeout=job.timeout)
                 if not done:
@@ -562,15 +575,15 @@ class LocalExecutor(Executor):
             finally:
                 self._groups.pop(task, None)
                 _kill_group(pid, signal.SIGKILL)
-                # What left the group is found and killed (the leader is asyncio's to reap).
+                # What left the group is found and killed, the leader still unreaped.
                 self._run_id = ctx.run_id
                 _reaper.sweep(ctx.run_id, task, pid, self._keep(pid))
+                code = reap()
             try:
                 # The pipes close once every process holding them is gone: bounded anyway.
                 stderr_tail = await asyncio.wait_for(following, timeout=10)
             except TimeoutError:
                 stderr_tail = ""
-        code = proc.returncode if proc.returncode is not None else -9
         verdict = reader.finish(code, stderr_tail)
         ending = _AGENT_ENDINGS[verdict.kind]
         error = verdict.message if ending is not Ending.DONE else None
@@ -626,6 +639,37 @@ class LocalExecutor(Executor):
             self._subreaper = False
             _reaper.release_subreaper()
 
+
+class _Piped:
+    """An agent's stdout and stderr as asyncio streams, for `follow`."""
+
+    def __init__(self) -> None:
+        self.stdout: asyncio.StreamReader | None = None
+        self.stderr: asyncio.StreamReader | None = None
+        self._transports: list[asyncio.BaseTransport] = []
+
+    async def open(self, loop: asyncio.AbstractEventLoop, name: str) -> int:
+        """A pipe whose read end feeds the stream `name`; returns its write end."""
+        read, write = os.pipe2(os.O_CLOEXEC)
+        stream = asyncio.StreamReader(limit=_AGENT_LINE_LIMIT, loop=loop)
+        try:
+            transport, _ = await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(stream, loop=loop),
+                os.fdopen(read, "rb", buffering=0),
+            )
+        except BaseException:
+            os.close(write)
+            raise
+        self._transports.append(transport)
+        setattr(self, name, stream)
+        return write
+
+    def close(self) -> None:
+        for transport in self._transports:
+            transport.close()
+
+
+_AGENT_LINE_LIMIT = 1 << 16  # asyncio's own default for a subprocess's pipes
 
 _AGENT_ENDINGS = {
     "done": Ending.DONE,
