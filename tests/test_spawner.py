@@ -208,7 +208,7 @@ def test_the_engine_starts_commands_through_the_spawner(project: Path) -> None:
     plan = _plan({"who": "tr '\\0' ' ' < /proc/$PPID/cmdline > who.txt"})
     summary = guildrun.run(plan, root=project)
     assert summary.ok, summary
-    assert "_spawnd.py" in (project / "who.txt").read_text()
+    assert "import _spawnd" in (project / "who.txt").read_text()
 
 
 @pytest.mark.slow
@@ -250,7 +250,7 @@ def _spawner_of(engine: int) -> int | None:
         return None
     for kid in kids:
         try:
-            if any("_spawnd.py" in part for part in kid.cmdline()):
+            if any("import _spawnd" in part for part in kid.cmdline()):
                 return kid.pid
         except psutil.Error:
             continue
@@ -319,4 +319,4 @@ def test_agent_clis_start_through_the_spawner_too(project: Path, tmp_path: Path)
     )
     summary = guildrun.run(plan, root=project)
     assert [t.attempts for t in summary.tasks] == [1]
-    assert "_spawnd.py" in seen.read_text()
+    assert "import _spawnd" in seen.read_text()

@@ -5,8 +5,9 @@ several threads: Python-level argument and environment handling, then a vfork wh
 exec the engine's loop waits for. For a trivial command that costs more than the
 command. This process imports almost nothing, so `posix_spawn` from it is cheap, and it
 works beside the engine's loop (on another core, when there is one) instead of inside
-it. It is run by path as `python -I -S _spawnd.py FD`: no site-packages, nothing of
-guildrun, only the standard modules below.
+it. It runs as `python -I -S -c "...import _spawnd..." DIR FD PID`, its own directory
+put last on sys.path: no site-packages, nothing of guildrun, only the standard modules
+below, and its compiled form when there is one. It is ready in ~10 ms.
 
 One marshal'd tuple per SOCK_SEQPACKET message, over the socket at FD:
 
@@ -34,20 +35,25 @@ the next `guildrun resume` to find by their GUILDRUN_RUN_ID.
 
 from __future__ import annotations
 
+# Only modules built into the interpreter or cheap to load: `signal`, `socket` and
+# `typing` would pull in enum and selectors, which cost more than all of the rest.
+import _signal  # type: ignore[import-not-found]  # signal, without its enum
+import _socket
 import array
 import marshal
 import os
 import select
-import signal
-import socket
 import sys
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 _RECV = 1 << 18  # larger than any message the engine sends (it refuses bigger ones)
-_FDS = socket.CMSG_SPACE(2 * 4)
+_FDS = _socket.CMSG_SPACE(2 * 4)
 # What Popen's restore_signals resets, and SIGINT, which this process ignores.
-_DEFAULTS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT)
+_DEFAULTS = (_signal.SIGPIPE, _signal.SIGXFSZ, _signal.SIGINT)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -55,7 +61,7 @@ def _die_with_parent(parent: int) -> None:
         import ctypes  # only here, once: the rest of this process never needs it
 
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         pass  # the socket's end closing still ends us
     if os.getppid() != parent:
@@ -63,7 +69,7 @@ def _die_with_parent(parent: int) -> None:
 
 
 class _Spawner:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
         self.poll = select.poll()
         self.poll.register(sock.fileno(), select.POLLIN)
@@ -76,8 +82,9 @@ class _Spawner:
     def send(self, msg: tuple[Any, ...]) -> None:
         self.sock.send(marshal.dumps(msg))
 
-    def serve(self) -> None:
+    def serve(self, parent: int) -> None:
         self.send(("ready",))
+        _die_with_parent(parent)  # after "ready": ctypes is the slowest import here
         me = self.sock.fileno()
         while True:
             for fd, _ in self.poll.poll():
@@ -92,7 +99,7 @@ class _Spawner:
         while True:
             try:
                 data, anc, _, _ = self.sock.recvmsg(
-                    _RECV, _FDS, socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC
+                    _RECV, _FDS, _socket.MSG_DONTWAIT | _socket.MSG_CMSG_CLOEXEC
                 )
             except BlockingIOError:
                 return True
@@ -100,7 +107,7 @@ class _Spawner:
                 return False
             fds: list[int] = []
             for level, kind, raw in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
                     fds += array.array("i", raw[: len(raw) - len(raw) % 4]).tolist()
             if not data:
                 return False
@@ -180,19 +187,17 @@ class _Spawner:
 
 
 def main() -> None:
-    fd = int(sys.argv[1])
-    parent = int(sys.argv[2])
+    fd, parent = int(sys.argv[-2]), int(sys.argv[-1])  # after the -c program's own
     os.set_inheritable(fd, False)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the engine decides when commands stop
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # an inherited SIG_IGN would auto-reap
-    _die_with_parent(parent)
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # the engine decides when commands stop
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)  # an inherited SIG_IGN would auto-reap
     try:  # a libc without POSIX_SPAWN_SETSID: end before "ready", the engine uses Popen
         os.posix_spawn("/", ["/"], {}, setsid=True)
     except NotImplementedError:
         sys.exit(1)
     except OSError:
         pass  # EACCES: supported
-    _Spawner(socket.socket(fileno=fd)).serve()
+    _Spawner(_socket.socket(fileno=fd)).serve(parent)
 
 
 if __name__ == "__main__":

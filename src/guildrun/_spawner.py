@@ -46,7 +46,18 @@ class Spawner:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", str(PROGRAM), str(theirs.fileno()), str(os.getpid())],
+                [
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    "-c",
+                    # Imported, not run as a script: its compiled form is used when there.
+                    f"import sys; sys.path.append(sys.argv[1]); import {PROGRAM.stem}; "
+                    f"{PROGRAM.stem}.main()",
+                    str(PROGRAM.parent),
+                    str(theirs.fileno()),
+                    str(os.getpid()),
+                ],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
