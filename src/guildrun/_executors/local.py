@@ -314,9 +314,11 @@ class LocalExecutor(Executor):
             finally:
                 os.close(out_w)
                 os.close(err_w)
-        except (OSError, ValueError, _spawner.Lost) as exc:  # ValueError: a NUL byte
+        except BaseException as exc:  # cancelled while the spawner starts it, too
             os.close(out_r)
             os.close(err_r)
+            if not isinstance(exc, OSError | ValueError | _spawner.Lost):  # ValueError: NUL
+                raise
             if isinstance(exc, _spawner.Lost):
                 msg = f"cannot start {job.argv[0]!r}: the process spawner died ({exc})"
             else:
