@@ -335,6 +335,10 @@ def _crash_hook() -> int | None:
 
 
 def _reporter(args: argparse.Namespace, con: _Consoles, stack: contextlib.ExitStack) -> Reporter:
+    if args.quiet and not args.events:
+        from ._reporter import Reporter as Silent
+
+        return Silent()  # nothing is shown: the displays (and rich) need not load
     from ._display import EventStream, LiveReporter, PlainReporter, Tee
 
     parts: list[Reporter] = []

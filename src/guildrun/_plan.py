@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import heapq
 import json
 import os
@@ -18,9 +19,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -41,6 +41,9 @@ from ._lint import inline_code, missing_program
 from ._paths import glob_to_regex, normalize_owned_path
 from ._policies.retry import RetrySettings
 from ._settings import Settings
+
+if TYPE_CHECKING:
+    import yaml
 
 PHASES: tuple[str, ...] = ("research", "planning", "implementation", "validation")
 Phase = Literal["research", "planning", "implementation", "validation"]
@@ -272,15 +275,25 @@ def plan_schema() -> dict[str, Any]:
 # ---------------------------------------------------------------------------- loading
 
 
-# libyaml's parser when PyYAML has it (about 20x faster on a 10,000-task plan).
-_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+@functools.cache
+def _loaders() -> tuple[Any, Any]:
+    """(the plain safe loader, one that refuses duplicate keys instead of silently
+    keeping the last), made on first use: a JSON plan never imports PyYAML."""
+    import yaml
+
+    # libyaml's parser when PyYAML has it (about 20x faster on a 10,000-task plan).
+    base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class _Loader(base):  # type: ignore[misc]
+        pass
+
+    _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+    return base, _Loader
 
 
-class _Loader(_BaseLoader):  # type: ignore[misc]
-    """A safe loader that refuses duplicate keys instead of silently keeping the last."""
+def _construct_mapping(loader: Any, node: yaml.MappingNode, deep: bool = False) -> Any:
+    import yaml
 
-
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> Any:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
@@ -302,9 +315,6 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
     return loader.construct_mapping(node, deep=deep)
 
 
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 class _Locator:
     """Maps a field path to the line it stands on, from the YAML node tree.
 
@@ -318,15 +328,19 @@ class _Locator:
         self._built = False
 
     def _tree(self) -> yaml.Node | None:
+        import yaml
+
         if not self._built:
             self._built = True
             try:
-                self._root = yaml.compose(self.text, Loader=_BaseLoader)
+                self._root = yaml.compose(self.text, Loader=_loaders()[0])
             except (yaml.YAMLError, RecursionError, ValueError):
                 self._root = None
         return self._root
 
     def line(self, path: FieldPath) -> int | None:
+        import yaml
+
         node = self._tree()
         if node is None:
             return None
@@ -407,8 +421,10 @@ def _read_data(text: str, name: str, json_format: bool) -> Any:
             raise PlanError("invalid JSON: nested too deeply", file=name) from None
         except ValueError as exc:  # a number of more than 4,300 digits
             raise PlanError(f"invalid JSON: {_number_error(exc)}", file=name) from None
+    import yaml
+
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        return yaml.load(text, Loader=_loaders()[1])  # noqa: S506 - a SafeLoader
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from .base import Reader, Signal
 
@@ -64,8 +64,18 @@ def _emit(
         on_signal(signal)
 
 
+class Pipes(Protocol):
+    """What `follow` reads: an asyncio subprocess, or any pair of streams like it."""
+
+    @property
+    def stdout(self) -> asyncio.StreamReader | None: ...
+
+    @property
+    def stderr(self) -> asyncio.StreamReader | None: ...
+
+
 async def follow(
-    process: asyncio.subprocess.Process,
+    process: Pipes,
     reader: Reader,
     on_signal: Callable[[Signal], None],
     *,

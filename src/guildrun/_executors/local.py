@@ -1,9 +1,10 @@
 """The local executor: attempts as processes (or Python callables) on this machine.
 
-Commands run in their own process group, watched through a pidfd, their output drained
-by the event loop into lazily made log files; Python callables run on the loop or in a
-worker thread. The executor remembers the process groups it started, so it can sample
-their resources and, after a crash, find and stop what a dead engine left behind.
+Commands and agent CLIs run in their own process group, started by the spawner process
+(`_spawner`; `Popen` and a pidfd where it cannot run), their output drained by the event
+loop into lazily made log files; Python callables run on the loop or in a worker thread.
+The executor remembers the process groups it started, so it can sample their resources
+and, after a crash, find and stop what a dead engine left behind.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -27,7 +29,7 @@ from typing import Any, BinaryIO, cast
 
 import psutil
 
-from .. import _reaper
+from .. import _reaper, _spawner
 from .._clock import Clock
 from .._errors import GuildrunError
 from .._logcap import CappedFile
@@ -208,9 +210,10 @@ class LocalExecutor(Executor):
     """Attempts as local processes or in-process callables.
 
     A command runs (never through a shell unless the plan said so) in its own process
-    group. Its exit is watched through a pidfd: when it fires the leader is a zombie, its
-    pid cannot be reused, and the whole group can be killed safely before the zombie is
-    reaped, so no child or grandchild of the task outlives it.
+    group. When it exits the leader stays an unreaped zombie (the spawner keeps it until
+    released; without the spawner, a pidfd tells us and we reap it), so its pid cannot be
+    reused and the whole group can be killed safely before the zombie is reaped: no child
+    or grandchild of the task outlives it.
     """
 
     def __init__(
@@ -229,6 +232,8 @@ class LocalExecutor(Executor):
         self._state_root: Path | None = None  # agents' private CLI state, per instance
         self._run_id: str | None = None
         self._subreaper = False
+        self._spawner: _spawner.Spawner | None = None
+        self._spawner_tried = False
 
     def start(
         self,
@@ -239,6 +244,27 @@ class LocalExecutor(Executor):
         super().start(clock, on_spawn, on_signal)
         # Orphans of our tasks become our children, so none escapes the sweep at its end.
         self._subreaper = _reaper.become_subreaper()
+        with contextlib.suppress(RuntimeError):  # no loop yet: at the first command
+            self._spawner_for(asyncio.get_running_loop())
+
+    def _spawner_for(self, loop: asyncio.AbstractEventLoop) -> _spawner.Spawner | None:
+        """The process spawner, started once; None where it cannot run (then Popen).
+
+        It needs the subreaper bit: should it die, the commands it started must become
+        ours, so their exits can still be read and their groups still swept.
+        """
+        if not self._spawner_tried:
+            self._spawner_tried = True
+            if self._subreaper and _spawner.usable():
+                try:
+                    self._spawner = _spawner.Spawner(loop)
+                except (OSError, ValueError) as exc:
+                    _say_once(f"cannot start it: {getattr(exc, 'strerror', None) or exc}")
+        spawner = self._spawner
+        if spawner is not None and not spawner.alive:
+            _say_once(spawner.failure or "it stopped")
+            self._spawner = spawner = None
+        return spawner
 
     def open_instance(self, spec: InstanceSpec) -> None:
         env = self._env.get(spec.specialist)
@@ -280,31 +306,26 @@ class LocalExecutor(Executor):
         loop = asyncio.get_running_loop()
         clock = self.clock
         started = clock.now()
-        env = self._env_for(job)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
-            # A relative program path is resolved against the task's directory, like a shell.
-            proc = subprocess.Popen(  # noqa: ASYNC220 - only forks and execs
-                job.argv,
-                executable=_which(job.argv[0], env.get(b"PATH"), job.context.workdir),
-                cwd=job.context.workdir,
-                env=env,  # bytes keys and values, pre-encoded
-                stdin=subprocess.DEVNULL,
-                stdout=out_w,
-                stderr=err_w,
-                start_new_session=True,
-            )
-        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or env
-            for fd in (out_r, out_w, err_r, err_w):
-                os.close(fd)
-            msg = f"cannot start {job.argv[0]!r}: {getattr(exc, 'strerror', None) or exc}"
+            try:
+                launched = await self._launch(loop, job, job.argv, {}, out_w, err_w)
+            finally:
+                os.close(out_w)
+                os.close(err_w)
+        except BaseException as exc:  # cancelled while the spawner starts it, too
+            os.close(out_r)
+            os.close(err_r)
+            if not isinstance(exc, OSError | ValueError | _spawner.Lost):  # ValueError: NUL
+                raise
+            if isinstance(exc, _spawner.Lost):
+                msg = f"cannot start {job.argv[0]!r}: the process spawner died ({exc})"
+            else:
+                msg = f"cannot start {job.argv[0]!r}: {getattr(exc, 'strerror', None) or exc}"
             job.stderr_path.write_text(msg + "\n")
             return Outcome(Ending.ERROR, started, clock.now(), error=msg)
-        os.close(out_w)
-        os.close(err_w)
-        # We reap the pid ourselves below; tell Popen so it does not try again.
-        pid, proc.returncode = proc.pid, 0
+        pid, exited, reap = launched
         secrets = self.redactor
         sinks = (
             _Sink(loop, out_r, job.stdout_path, secrets.stream(), self.max_log_bytes),
@@ -314,14 +335,6 @@ class LocalExecutor(Executor):
         self._groups[task] = pid
         if self.on_spawn is not None:
             self.on_spawn(task, job.context.attempt, pid)
-        pidfd = os.pidfd_open(pid)
-        exited = loop.create_future()
-
-        def _ready() -> None:
-            if not exited.done():
-                exited.set_result(None)
-
-        loop.add_reader(pidfd, _ready)
         status = Ending.DONE
         error: str | None = None
         try:
@@ -338,16 +351,13 @@ class LocalExecutor(Executor):
                 raise
         finally:
             self._groups.pop(task, None)
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
             _kill_group(pid, signal.SIGKILL)
             # What left the group (setsid, setpgid, a double fork) is found and killed,
             # while the leader is still an unreaped zombie: its pid, the task's session
             # id, cannot have been given to anyone else.
             self._run_id = job.context.run_id
-            _reaper.sweep(job.context.run_id, task, pid, {pid, *self._groups.values()})
-            # The pidfd said it exited: this waitpid returns at once.
-            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])  # noqa: ASYNC222
+            _reaper.sweep(job.context.run_id, task, pid, self._keep(pid))
+            code = reap()
             for sink in sinks:
                 sink.drain()
         ended = clock.now()
@@ -359,6 +369,77 @@ class LocalExecutor(Executor):
             outcome.result = sinks[0].kept.decode("utf-8", errors="replace")
             _result_or_failure(job, outcome)
         return outcome
+
+    async def _launch(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        job: Job,
+        argv: Sequence[str],
+        more_env: Mapping[str, str],
+        out_w: int,
+        err_w: int,
+    ) -> tuple[int, asyncio.Future[Any], Callable[[], int]]:
+        """Start `argv` for the job in a session of its own, stdin /dev/null, with the
+        job's environment and `more_env`: (pid, a future done at its exit, and what reaps
+        it, once its group is killed and swept, giving its exit code)."""
+        workdir = job.context.workdir
+        spawner = self._spawner_for(loop)
+        if spawner is not None:
+            base = self._instance_env.get(job.context.instance, self._base_env)
+            extra = {k.encode(): os.fsencode(v) for k, v in job.env.items()}
+            extra.update({os.fsencode(k): os.fsencode(v) for k, v in more_env.items()})
+            path = extra.get(b"PATH", base.get(b"PATH"))
+            program = _which(argv[0], path, workdir)
+            try:
+                starting = spawner.start(program, argv, base, extra, str(workdir), out_w, err_w)
+            except _spawner.Unavailable:
+                pass  # nothing started: Popen below
+            else:
+                try:
+                    # Cancelled meanwhile, the spawner kills what it started (_started).
+                    pid = await starting
+                except _spawner.Unavailable:
+                    self._spawner_for(loop)  # it could not start: said once, Popen below
+                else:
+                    exit_code = spawner.exit_of(pid)
+
+                    def release() -> int:
+                        code = exit_code.result() if exit_code.done() else -signal.SIGKILL
+                        spawner.release(pid)
+                        return code
+
+                    return pid, exit_code, release
+        env = self._env_for(job)
+        env.update({os.fsencode(k): os.fsencode(v) for k, v in more_env.items()})
+        # A relative program path is resolved against the task's directory, like a shell.
+        proc = subprocess.Popen(  # noqa: ASYNC220 - only forks and execs
+            argv,
+            executable=_which(argv[0], env.get(b"PATH"), workdir),
+            cwd=workdir,
+            env=env,  # bytes keys and values, pre-encoded
+            stdin=subprocess.DEVNULL,
+            stdout=out_w,
+            stderr=err_w,
+            start_new_session=True,
+        )
+        # We reap the pid ourselves; tell Popen so it does not try again.
+        pid, proc.returncode = proc.pid, 0
+        pidfd = os.pidfd_open(pid)
+        exited = loop.create_future()
+
+        def _ready() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(pidfd, _ready)
+
+        def reap() -> int:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            # The pidfd said it exited (or it was just SIGKILLed): this returns at once.
+            return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+        return pid, exited, reap
 
     async def _call(self, job: Job) -> Outcome:
         """Call the specialist's function with the TaskContext; a string it returns is
@@ -416,6 +497,7 @@ class LocalExecutor(Executor):
         from .._agents.follow import follow
 
         assert job.agent is not None
+        loop = asyncio.get_running_loop()
         spec, ctx, clock = job.agent, job.context, self.clock
         preset = PRESETS[spec.agent]
         started = clock.now()
@@ -431,30 +513,32 @@ class LocalExecutor(Executor):
                 state_dir=self._state_dir(ctx.instance),
                 resume_session=job.resume_session,
             )
-            env = self._env_for(job)
-            env.update({os.fsencode(k): os.fsencode(v) for k, v in inv.env.items()})
             reader = preset.reader(spec)
             logs = (
                 _AgentLog(job.stdout_path, self.redactor.stream(), self.max_log_bytes),
                 _AgentLog(job.stderr_path, self.redactor.stream(), self.max_log_bytes),
             )
-            proc = await asyncio.create_subprocess_exec(
-                *inv.argv,
-                cwd=ctx.workdir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
-        except (OSError, ValueError) as exc:
+            # Started as a command is (through the spawner when it runs): the agent stays
+            # unreaped until its group is killed and swept, so no kill hits a reused pid.
+            proc = _Piped()
+            ends: list[int] = []  # the write ends, the agent's once it started
+            try:
+                ends.append(await proc.open(loop, "stdout"))
+                ends.append(await proc.open(loop, "stderr"))
+                pid, waited, reap = await self._launch(loop, job, inv.argv, inv.env, *ends)
+            except BaseException:
+                proc.close()
+                raise
+            finally:
+                for fd in ends:
+                    os.close(fd)
+        except (OSError, ValueError, _spawner.Lost) as exc:
             for log in logs:
                 log.close()
             msg = f"cannot start {spec.agent}: {getattr(exc, 'strerror', None) or exc}"
             with contextlib.suppress(OSError):
                 job.stderr_path.write_text(msg + "\n")
             return Outcome(Ending.ERROR, started, clock.now(), error=msg)
-        pid = proc.pid
         task = ctx.task_id
         self._groups[task] = pid
         if self.on_spawn is not None:
@@ -476,11 +560,11 @@ class LocalExecutor(Executor):
         with contextlib.ExitStack() as closing:
             for log in logs:
                 closing.callback(log.close)
+            closing.callback(proc.close)  # read to their end by now, or given up on
             out, err = (cast(BinaryIO, log) for log in logs)
             following = asyncio.ensure_future(
                 follow(proc, reader, heard, stdout_log=out, stderr_log=err)
             )
-            waited = asyncio.ensure_future(proc.wait())
             try:
                 done, _ = await asyncio.wait({waited}, timeout=job.timeout)
                 if not done:
@@ -493,15 +577,15 @@ class LocalExecutor(Executor):
             finally:
                 self._groups.pop(task, None)
                 _kill_group(pid, signal.SIGKILL)
-                # What left the group is found and killed (the leader is asyncio's to reap).
+                # What left the group is found and killed, the leader still unreaped.
                 self._run_id = ctx.run_id
-                _reaper.sweep(ctx.run_id, task, pid, {pid, *self._groups.values()})
+                _reaper.sweep(ctx.run_id, task, pid, self._keep(pid))
+                code = reap()
             try:
                 # The pipes close once every process holding them is gone: bounded anyway.
                 stderr_tail = await asyncio.wait_for(following, timeout=10)
             except TimeoutError:
                 stderr_tail = ""
-        code = proc.returncode if proc.returncode is not None else -9
         verdict = reader.finish(code, stderr_tail)
         ending = _AGENT_ENDINGS[verdict.kind]
         error = verdict.message if ending is not Ending.DONE else None
@@ -522,6 +606,13 @@ class LocalExecutor(Executor):
             session_id=verdict.session_id or session,
         )
 
+    def _keep(self, leader: int) -> set[int]:
+        """Our children a task's sweep must not touch: running leaders, the spawner."""
+        keep = {leader, *self._groups.values()}
+        if self._spawner is not None:
+            keep.add(self._spawner.pid)
+        return keep
+
     # ------------------------------------------------------------ resources and leftovers
 
     def sample(self, now: float) -> Sample | None:
@@ -537,6 +628,10 @@ class LocalExecutor(Executor):
         stop_groups(groups, grace)
 
     def close(self) -> None:
+        if self._spawner is not None:
+            self._spawner.close()
+            self._spawner = None
+        self._spawner_tried = False
         if self._state_root is not None:
             shutil.rmtree(self._state_root, ignore_errors=True)
             self._state_root = None
@@ -546,6 +641,37 @@ class LocalExecutor(Executor):
             self._subreaper = False
             _reaper.release_subreaper()
 
+
+class _Piped:
+    """An agent's stdout and stderr as asyncio streams, for `follow`."""
+
+    def __init__(self) -> None:
+        self.stdout: asyncio.StreamReader | None = None
+        self.stderr: asyncio.StreamReader | None = None
+        self._transports: list[asyncio.BaseTransport] = []
+
+    async def open(self, loop: asyncio.AbstractEventLoop, name: str) -> int:
+        """A pipe whose read end feeds the stream `name`; returns its write end."""
+        read, write = os.pipe2(os.O_CLOEXEC)
+        stream = asyncio.StreamReader(limit=_AGENT_LINE_LIMIT, loop=loop)
+        try:
+            transport, _ = await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(stream, loop=loop),
+                os.fdopen(read, "rb", buffering=0),
+            )
+        except BaseException:
+            os.close(write)
+            raise
+        self._transports.append(transport)
+        setattr(self, name, stream)
+        return write
+
+    def close(self) -> None:
+        for transport in self._transports:
+            transport.close()
+
+
+_AGENT_LINE_LIMIT = 1 << 16  # asyncio's own default for a subprocess's pipes
 
 _AGENT_ENDINGS = {
     "done": Ending.DONE,
@@ -584,6 +710,20 @@ def _which(program: str, path: bytes | None, cwd: Path) -> str:
     if found is None:
         raise FileNotFoundError(errno.ENOENT, "not found on PATH", program)
     return found
+
+
+_said = False
+
+
+def _say_once(why: str) -> None:
+    """The spawner is a speed-up, not a guarantee: say once that commands go without it."""
+    global _said
+    if not _said:
+        _said = True
+        sys.stderr.write(
+            f"guildrun: note: the process spawner is unavailable ({why}); "
+            "commands start through Popen (slower, just as safe)\n"
+        )
 
 
 def _kill_group(pgid: int, sig: signal.Signals) -> None:
