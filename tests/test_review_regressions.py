@@ -499,3 +499,28 @@ def test_one_rate_limit_heard_live_and_at_the_end_counts_once(project: Path) -> 
     assert summary.rate_limited == 1
     assert len(events(project, "rate_limited")) == 1
     assert attempts(project, "w1") == [(1, "rate_limited"), (2, "ok")]
+
+
+# ---------------------------------------------------------------- second review:
+# the raw inotify reader, held commits, learned estimates and the schedule.
+
+
+def test_a_non_utf8_file_name_is_a_violation_not_a_crash(project: Path) -> None:
+    """A real process writes a file whose name is not UTF-8 (bytes 0xff) outside its
+    files: the run ends, the task fails with a violation naming it (escaped), and the
+    file is undone; the journal never sees a string SQLite cannot encode."""
+    import guildrun
+
+    plan = Plan.model_validate(
+        {
+            "settings": {"retry": {"attempts": 1}},
+            "specialists": {"sh": {"run": ["sh", "-c", "printf x > \"$(printf 'b\\377.txt')\""]}},
+            "tasks": [{"id": "t", "specialist": "sh", "files": ["own.txt"]}],
+        }
+    )
+    summary = guildrun.run(plan, root=project)
+
+    assert (summary.done, summary.failed) == (0, 1)
+    assert os.listdir(os.fsencode(project)) == [b".guildrun"]  # undone
+    [(_, error)] = [(r["task_id"], r["error"]) for r in rows(project, "SELECT * FROM attempts")]
+    assert error == "ownership violation: wrote b\\xff.txt"

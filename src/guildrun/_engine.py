@@ -603,6 +603,8 @@ class Engine:
             o.status, o.error = Ending.VIOLATION, f"ownership violation: wrote {shown}"
         elif conflict and o.status is Ending.DONE:
             o.status, o.error = Ending.CONFLICT, conflict
+        if o.error:
+            o.error = _printable(o.error)
         self.journal.attempt_ended(
             rid,
             tid,
@@ -1184,6 +1186,13 @@ def run_sync(main: Coroutine[Any, Any, _T]) -> _T:
 
     asyncio.run(boxed())
     return out[0]
+
+
+def _printable(text: str) -> str:
+    """A message naming paths as they came from the file system: a name that is not
+    UTF-8 (its bytes kept as surrogates) is shown with those bytes escaped, since
+    neither SQLite nor a UTF-8 terminal can take a lone surrogate."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _tail(output: str, lines: int = 20) -> str:
