@@ -524,3 +524,49 @@ def test_a_non_utf8_file_name_is_a_violation_not_a_crash(project: Path) -> None:
     assert os.listdir(os.fsencode(project)) == [b".guildrun"]  # undone
     [(_, error)] = [(r["task_id"], r["error"]) for r in rows(project, "SELECT * FROM attempts")]
     assert error == "ownership violation: wrote b\\xff.txt"
+
+
+def _learned(project: Path, data: dict[str, Any], acts: Mapping[str, Sequence[Act]]) -> Any:
+    """Run `data` once on the fake executor (a real journal), then the estimates the
+    next run of it would use."""
+    run(project, data, FakeExecutor(acts))
+    est = prepare(Plan.model_validate(data), root=project).estimates
+    assert est is not None
+    return est
+
+
+def test_tasks_with_no_prompt_and_no_files_learn_their_own_length(project: Path) -> None:
+    """Tasks of one command told apart only by their id (no prompt, no files) are not
+    the same work: each learns what it took, not the median of the specialist's."""
+    data = {
+        "settings": {"per_agent_type": 1, "sample_interval": 0},
+        "specialists": {"build": {"run": ["never-run"]}},
+        "tasks": [{"id": t, "specialist": "build"} for t in ("long", "s1", "s2")],
+    }
+    acts = {"long": [Act(30.0)], "s1": [Act(1.0)], "s2": [Act(1.0)]}
+    est = _learned(project, data, acts)
+
+    assert est.seconds == pytest.approx({"long": 30.0, "s1": 1.0, "s2": 1.0})
+
+
+def test_a_poisoned_journal_teaches_no_estimate(project: Path) -> None:
+    """Durations that cannot be (an end before the start, an infinite one) and files
+    that are not a list of names, written into the journal by a task or a broken
+    clock, are ignored: the next run neither crashes nor learns a negative length."""
+    data = {
+        "settings": {"per_agent_type": 1, "sample_interval": 0},
+        "specialists": {"w": {"run": ["never-run"]}},
+        "tasks": [{"id": t, "specialist": "w", "prompt": t} for t in ("a", "b", "c")],
+    }
+    run(project, data, FakeExecutor({"a": [Act(5.0)], "b": [Act(2.0)], "c": [Act(3.0)]}))
+    db = sqlite3.connect(journal_path(project))
+    db.execute("UPDATE attempts SET ended = started - 100 WHERE task_id = 'a'")
+    db.execute("UPDATE attempts SET ended = 1e999 WHERE task_id = 'b'")
+    db.execute("UPDATE tasks SET files_json = '3' WHERE id = 'c'")
+    db.commit()
+    db.close()
+
+    est = prepare(Plan.model_validate(data), root=project).estimates
+    assert est is not None
+    assert all(0 <= s < 1e6 for s in est.seconds.values()), est.seconds
+    assert est.origin == dict.fromkeys(("a", "b", "c"), "mean")  # nothing usable learned

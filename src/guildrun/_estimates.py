@@ -57,7 +57,10 @@ class Estimates:
 
 def _keys(spec: str, task_id: str, files: Iterable[str], prompt: str | None) -> list[object]:
     owned = json.dumps(sorted(files))
-    return [("work", spec, owned, prompt or ""), ("id", spec, task_id), ("files", spec, owned)]
+    keys: list[object] = [("id", spec, task_id), ("files", spec, owned)]
+    if prompt:  # without one, "the same work" is only the same files: the id says more
+        keys.insert(0, ("work", spec, owned, prompt))
+    return keys
 
 
 def history(journal_file: Path | None) -> dict[object, float]:

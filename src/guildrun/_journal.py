@@ -13,6 +13,7 @@ resume treats as work not yet done.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import socket
@@ -762,9 +763,14 @@ def durations_by_work(path: Path, recent: int = 30, most: int = 100_000) -> list
                 (run_id,),
             )
             for tid, spec, files, d in rows:
-                out.append(
-                    PastAttempt(tid, spec, json.loads(files), prompts.get(tid, ""), float(d))
-                )
+                owned = json.loads(files)
+                # A task can write the journal, a clock can jump back: a length that
+                # cannot be, or files that are not names, teach nothing.
+                if not isinstance(d, float | int) or not 0 <= d < math.inf:
+                    continue
+                if not isinstance(owned, list) or not all(isinstance(f, str) for f in owned):
+                    continue
+                out.append(PastAttempt(tid, spec, owned, prompts.get(tid, ""), float(d)))
     except (sqlite3.Error, ValueError):
         return []
     finally:
