@@ -1145,6 +1145,7 @@ async def run_prepared(
 
 
 _settled = 0  # runs (in this process) inside `_settled_heap`
+_host_froze = False  # the process had frozen objects of its own: gc is left alone
 
 
 @contextlib.contextmanager
@@ -1153,20 +1154,24 @@ def _settled_heap() -> Iterator[None]:
     state) is kept out of the garbage collector's full passes (`gc.freeze`): they walk
     every object that ever survived, and with 10,000 tasks each took 60-230 ms, three or
     four times a run. Objects made later are collected as ever; the frozen ones go back
-    to the collector when the last run of the process ends."""
-    global _settled
+    to the collector when the last run of the process ends. A program that froze its
+    own heap (a pre-fork server) is left as it is: `gc.unfreeze` would give back its
+    objects too."""
+    global _settled, _host_froze
+    if _settled == 0:
+        _host_froze = gc.get_freeze_count() > 0
     _settled += 1
     _settle()
     try:
         yield
     finally:
         _settled -= 1
-        if _settled == 0:
+        if _settled == 0 and not _host_froze:
             gc.unfreeze()
 
 
 def _settle() -> None:
-    if _settled:
+    if _settled and not _host_froze:
         gc.freeze()
 
 
