@@ -229,6 +229,10 @@ class Tree:
                             self._forget_under(old)
                     elif old is not None:
                         self._moved(old, path)
+                        # A folder made just before its rename (`mkdir tmp; mv tmp out`)
+                        # was gone when its "created" was read, so it has no watch yet;
+                        # nor has a folder made in it then. A watch added again is kept.
+                        self._watch_tree(path)
                     else:  # from outside the tree
                         self._watch_tree(path)
                 elif mask & IN_CREATE:
