@@ -570,3 +570,25 @@ def test_a_poisoned_journal_teaches_no_estimate(project: Path) -> None:
     assert est is not None
     assert all(0 <= s < 1e6 for s in est.seconds.values()), est.seconds
     assert est.origin == dict.fromkeys(("a", "b", "c"), "mean")  # nothing usable learned
+
+
+def test_balanced_piles_keep_to_their_effort_on_a_huge_phase() -> None:
+    """`balanced` promises plain LPT when a phase is too big to improve: the pairs it
+    compares stay within `effort`, where one pass over two piles of 1,000 tasks each
+    compared a million (20,000 tasks in two piles took 20 s)."""
+    from guildrun._schedule import balanced
+
+    weights = [1.0 + (k * 7919 % 1000) / 997 for k in range(2000)]
+    calls = 0
+
+    def weight(t: int) -> float:
+        nonlocal calls
+        calls += 1
+        return weights[t]
+
+    piles = balanced(range(2000), 2, weight, effort=200_000)
+
+    assert sorted(t for p in piles for t in p) == list(range(2000))
+    loads = [sum(weights[t] for t in p) for p in piles]
+    assert abs(loads[0] - loads[1]) <= max(weights)  # LPT's bound still holds
+    assert calls <= 200_000 + 20 * len(weights), calls
