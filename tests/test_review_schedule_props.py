@@ -79,7 +79,7 @@ def _check(root: Path, data: dict[str, Any]) -> None:
     ok = [t for t, _, status, _, _ in spans if status == "ok"]
     assert sorted(ok) == sorted(t["id"] for t in data["tasks"])  # each once
     ended = {t: e for t, _, status, _, e in spans if status == "ok"}
-    first = {}
+    first: dict[str, float] = {}
     for t, _, _, s, _ in spans:
         first[t] = min(first.get(t, s), s)
     for task in data["tasks"]:
