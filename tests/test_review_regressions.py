@@ -592,3 +592,57 @@ def test_balanced_piles_keep_to_their_effort_on_a_huge_phase() -> None:
     loads = [sum(weights[t] for t in p) for p in piles]
     assert abs(loads[0] - loads[1]) <= max(weights)  # LPT's bound still holds
     assert calls <= 200_000 + 20 * len(weights), calls
+
+
+class _StopAfter(FakeExecutor):
+    """Stops the run (as Ctrl-C does) the moment one task's attempt has returned: its
+    end is already on its way to the engine."""
+
+    def __init__(self, script: Mapping[str, Sequence[Act]], task: str) -> None:
+        super().__init__(script)
+        self.task = task
+        self.engine: Engine | None = None
+
+    async def run(self, job: Job) -> Outcome:
+        outcome = await super().run(job)
+        if job.context.task_id == self.task and self.engine is not None:
+            asyncio.get_running_loop().call_soon(self.engine.stop)
+        return outcome
+
+
+def test_a_task_that_ended_as_the_run_is_stopped_keeps_its_work(project: Path) -> None:
+    """A task's end that arrived with the stop is judged as done, not undone and
+    marked interrupted: its work is kept, and a resume does not run it again."""
+    data = {
+        "settings": {"per_agent_type": 2, "sample_interval": 0},
+        "specialists": {"s": {"run": ["never-run"]}},
+        "tasks": [
+            {"id": "quick", "specialist": "s", "files": ["quick.txt"]},
+            {"id": "slow", "specialist": "s", "files": ["slow.txt"]},
+        ],
+    }
+    ex = _StopAfter(
+        {
+            "quick": [Act(1.0, writes={"quick.txt": b"done\n"})],
+            "slow": [Act(9.0, writes={"slow.txt": b"late\n"})],
+        },
+        "quick",
+    )
+    prepared = prepare(Plan.model_validate(data), root=project)
+    clock = VirtualClock()
+
+    def keep(engine: Engine) -> None:
+        ex.engine = engine
+
+    try:
+        summary = clock.run(
+            run_prepared(prepared, handle_signals=False, executor=ex, clock=clock, on_engine=keep)
+        )
+    finally:
+        clock.close()
+
+    assert summary.status == "interrupted"
+    assert attempts(project, "quick") == [(1, "ok")]
+    assert (project / "quick.txt").read_text() == "done\n"
+    assert attempts(project, "slow") == [(1, Ending.INTERRUPTED.value)]
+    assert not (project / "slow.txt").exists()

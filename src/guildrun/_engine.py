@@ -390,13 +390,18 @@ class Engine:
                 # `stop` wakes this wait with a message of its own: one await per step,
                 # where waiting on the inbox and the stop event made a task and a waiter.
                 first = await self._inbox.get()
-                if self._stop.is_set():
-                    status = "interrupted"
-                    break
                 # Group commit: every message that has arrived by now goes into one transaction.
                 messages = [first]
                 while not self._inbox.empty():
                     messages.append(self._inbox.get_nowait())
+                if self._stop.is_set():
+                    # An attempt that ended before the stop is judged as ever (its work
+                    # kept, not undone as interrupted); nothing new starts (`_step`).
+                    ends = [m for m in messages if m[0] == "end"]
+                    if ends:
+                        self._step(ends)
+                    status = "interrupted"
+                    break
                 self._step(messages)
                 if self._halt:
                     break
@@ -451,11 +456,12 @@ class Engine:
             if not self._budget_stop and self._over_budget():
                 self._stop_for_budget()
             with self.timings("dispatch"):
+                stopping = self._stop.is_set()
                 for tid in woken:
-                    if tid and not self._halt:
+                    if tid and not self._halt and not stopping:
                         decisions += self.scheduler.wake(tid)
                 # The guard holds the run to one task at a time: it never stalls it.
-                if not self._halt and not self._budget_stop:
+                if not self._halt and not self._budget_stop and not stopping:
                     decisions += self.scheduler.dispatch(limit=1 if self._held else None)
             jobs = self._apply(decisions)
             if self._may_hold(ended, check):
