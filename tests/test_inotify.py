@@ -177,3 +177,21 @@ def test_a_folder_made_and_renamed_before_the_read_is_watched(tmp_path: Path) ->
         assert watcher.take() == {"out/g", "out/sub/h"}
     finally:
         watcher.stop()
+
+
+def test_a_folder_made_where_one_moved_out_is_watched(tmp_path: Path) -> None:
+    """`mv dist /elsewhere && mkdir dist`: the watches the reader drops for the folder
+    that left the tree are that folder's, not the new one's made at its name."""
+    root = _tree(tmp_path / "root")
+    (root / "src" / "d" / "sub").mkdir(parents=True)
+    watcher = Watcher(root)
+    try:
+        watcher.take()
+        away = tmp_path / "away"
+        subprocess.run(["sh", "-c", f"mv src/d {away} && mkdir src/d"], cwd=root, check=True)
+        assert watcher.take() == {"src/d"}
+        subprocess.run(["sh", "-c", "echo 1 > src/d/f"], cwd=root, check=True)
+        (away / "sub" / "g").write_text("not ours")  # the folder that left: not reported
+        assert watcher.take() == {"src/d/f"}
+    finally:
+        watcher.stop()
