@@ -41,7 +41,10 @@ IN_DONT_FOLLOW = 0x02000000
 IN_ISDIR = 0x40000000
 
 # Every kind of write; reads (open, access, close without writing) change nothing.
-# IN_ATTRIB: a chmod, and a new hard link (the link count of the file it names changes).
+# IN_ATTRIB: a chmod. A new hard link is its IN_CREATE (the link count of the file it
+# names changes unseen: a watch on a folder hears of its entries, not of their inodes;
+# `SharedTree._other_names` finds the other names), and a link made outside the root
+# and written there is a write outside the root (docs/security.md).
 # A link is never followed, and only a folder is watched (a file swapped in is not).
 MASK = (
     IN_MODIFY
