@@ -8,8 +8,9 @@ the first one measured, with nothing given by hand.
 
 A task's past is looked up from the most specific to the least specific match, each the
 median of the successful attempts found (a median, so that one slow attempt does not
-move it): the same specialist, files and prompt (the same work); the same specialist and
-task id (the same task, reworded); the same specialist and files; any task of the
+move it): the same specialist, files and prompt (the same work; without a prompt, tasks
+of one command told apart by their id are not); the same specialist and task id (the same
+task, reworded); the same specialist and files; any task of the
 specialist. Only the latest `RECENT_RUNS` runs are read (`_journal.durations_by_work`),
 so a long history costs little.
 """
