@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -87,6 +88,7 @@ def _check(root: Path, data: dict[str, Any]) -> None:
             assert first[task["id"]] >= ended[dep], (task["id"], dep)
 
 
+@pytest.mark.slow  # 60 runs of the engine: about 5 s
 @settings(
     max_examples=60,
     deadline=None,
