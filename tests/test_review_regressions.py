@@ -646,3 +646,25 @@ def test_a_task_that_ended_as_the_run_is_stopped_keeps_its_work(project: Path) -
     assert (project / "quick.txt").read_text() == "done\n"
     assert attempts(project, "slow") == [(1, Ending.INTERRUPTED.value)]
     assert not (project / "slow.txt").exists()
+
+
+def test_a_project_path_with_uri_characters_keeps_its_journal_readable(tmp_path: Path) -> None:
+    """SQLite reads a `file:` URI: a '#', '?' or '%' in the project's path cut it short
+    or changed it, so `guildrun status` failed ("no such table") and no estimate was
+    ever learned there."""
+    from guildrun._journal import Journal
+
+    project = tmp_path / "p#1?x=%41"
+    project.mkdir()
+    data = {
+        "settings": {"per_agent_type": 1, "sample_interval": 0},
+        "specialists": {"w": {"run": ["never-run"]}},
+        "tasks": [{"id": t, "specialist": "w", "prompt": t} for t in ("a", "b")],
+    }
+    est = _learned(project, data, {"a": [Act(4.0)], "b": [Act(1.0)]})
+    assert est.seconds == pytest.approx({"a": 4.0, "b": 1.0})
+    journal = Journal(journal_path(project), readonly=True)
+    try:
+        assert len(journal.runs(limit=10)) == 1
+    finally:
+        journal.close()

@@ -222,7 +222,7 @@ class Journal:
         if readonly:
             if not path.exists():
                 raise UsageError(f"no runs yet: {path} does not exist")
-            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            self.db = sqlite3.connect(read_only_uri(path), uri=True, isolation_level=None)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(path, isolation_level=None)
@@ -723,6 +723,12 @@ class Journal:
         )
 
 
+def read_only_uri(path: Path) -> str:
+    """The `file:` URI SQLite opens `path` read-only by: the path percent-encoded, since a
+    '#', '?' or '%' in it (a folder's name) would end or change the path read."""
+    return f"{path.absolute().as_uri()}?mode=ro"
+
+
 @dataclass(frozen=True, slots=True)
 class PastAttempt:
     """A successful attempt of a past run: what estimates are learned from."""
@@ -741,7 +747,7 @@ def durations_by_work(path: Path, recent: int = 30, most: int = 100_000) -> list
     if not path.exists():
         return []
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        db = sqlite3.connect(read_only_uri(path), uri=True)
     except sqlite3.Error:
         return []
     out: list[PastAttempt] = []
