@@ -159,3 +159,39 @@ def test_a_root_reached_through_a_link_is_watched(tmp_path: Path) -> None:
         assert watcher.take() == set()
     finally:
         watcher.stop()
+
+
+def test_a_folder_made_and_renamed_before_the_read_is_watched(tmp_path: Path) -> None:
+    """`mkdir tmp; mv tmp out` (a folder made whole, then put in place) is one step for
+    a process and two events for the reader: by the time it reads "created tmp", tmp is
+    gone, so only the rename can tell it to watch `out`, and what is in it (a folder
+    made inside tmp in the same moment too). A later write there is still seen."""
+    root = _tree(tmp_path)
+    watcher = Watcher(root)
+    try:
+        watcher.take()
+        script = "mkdir -p tmp/sub && echo 1 > tmp/f && mv tmp out"
+        subprocess.run(["sh", "-c", script], cwd=root, check=True)
+        assert {"tmp", "out"} <= (watcher.take() or set())
+        subprocess.run(["sh", "-c", "echo 2 > out/g && echo 3 > out/sub/h"], cwd=root, check=True)
+        assert watcher.take() == {"out/g", "out/sub/h"}
+    finally:
+        watcher.stop()
+
+
+def test_a_folder_made_where_one_moved_out_is_watched(tmp_path: Path) -> None:
+    """`mv dist /elsewhere && mkdir dist`: the watches the reader drops for the folder
+    that left the tree are that folder's, not the new one's made at its name."""
+    root = _tree(tmp_path / "root")
+    (root / "src" / "d" / "sub").mkdir(parents=True)
+    watcher = Watcher(root)
+    try:
+        watcher.take()
+        away = tmp_path / "away"
+        subprocess.run(["sh", "-c", f"mv src/d {away} && mkdir src/d"], cwd=root, check=True)
+        assert watcher.take() == {"src/d"}
+        subprocess.run(["sh", "-c", "echo 1 > src/d/f"], cwd=root, check=True)
+        (away / "sub" / "g").write_text("not ours")  # the folder that left: not reported
+        assert watcher.take() == {"src/d/f"}
+    finally:
+        watcher.stop()

@@ -499,3 +499,172 @@ def test_one_rate_limit_heard_live_and_at_the_end_counts_once(project: Path) -> 
     assert summary.rate_limited == 1
     assert len(events(project, "rate_limited")) == 1
     assert attempts(project, "w1") == [(1, "rate_limited"), (2, "ok")]
+
+
+# ---------------------------------------------------------------- second review:
+# the raw inotify reader, held commits, learned estimates and the schedule.
+
+
+def test_a_non_utf8_file_name_is_a_violation_not_a_crash(project: Path) -> None:
+    """A real process writes a file whose name is not UTF-8 (bytes 0xff) outside its
+    files: the run ends, the task fails with a violation naming it (escaped), and the
+    file is undone; the journal never sees a string SQLite cannot encode."""
+    import guildrun
+
+    plan = Plan.model_validate(
+        {
+            "settings": {"retry": {"attempts": 1}},
+            "specialists": {"sh": {"run": ["sh", "-c", "printf x > \"$(printf 'b\\377.txt')\""]}},
+            "tasks": [{"id": "t", "specialist": "sh", "files": ["own.txt"]}],
+        }
+    )
+    summary = guildrun.run(plan, root=project)
+
+    assert (summary.done, summary.failed) == (0, 1)
+    assert os.listdir(os.fsencode(project)) == [b".guildrun"]  # undone
+    [(_, error)] = [(r["task_id"], r["error"]) for r in rows(project, "SELECT * FROM attempts")]
+    assert error == "ownership violation: wrote b\\xff.txt"
+
+
+def _learned(project: Path, data: dict[str, Any], acts: Mapping[str, Sequence[Act]]) -> Any:
+    """Run `data` once on the fake executor (a real journal), then the estimates the
+    next run of it would use."""
+    run(project, data, FakeExecutor(acts))
+    est = prepare(Plan.model_validate(data), root=project).estimates
+    assert est is not None
+    return est
+
+
+def test_tasks_with_no_prompt_and_no_files_learn_their_own_length(project: Path) -> None:
+    """Tasks of one command told apart only by their id (no prompt, no files) are not
+    the same work: each learns what it took, not the median of the specialist's."""
+    data = {
+        "settings": {"per_agent_type": 1, "sample_interval": 0},
+        "specialists": {"build": {"run": ["never-run"]}},
+        "tasks": [{"id": t, "specialist": "build"} for t in ("long", "s1", "s2")],
+    }
+    acts = {"long": [Act(30.0)], "s1": [Act(1.0)], "s2": [Act(1.0)]}
+    est = _learned(project, data, acts)
+
+    assert est.seconds == pytest.approx({"long": 30.0, "s1": 1.0, "s2": 1.0})
+
+
+def test_a_poisoned_journal_teaches_no_estimate(project: Path) -> None:
+    """Durations that cannot be (an end before the start, an infinite one) and files
+    that are not a list of names, written into the journal by a task or a broken
+    clock, are ignored: the next run neither crashes nor learns a negative length."""
+    data = {
+        "settings": {"per_agent_type": 1, "sample_interval": 0},
+        "specialists": {"w": {"run": ["never-run"]}},
+        "tasks": [{"id": t, "specialist": "w", "prompt": t} for t in ("a", "b", "c")],
+    }
+    run(project, data, FakeExecutor({"a": [Act(5.0)], "b": [Act(2.0)], "c": [Act(3.0)]}))
+    db = sqlite3.connect(journal_path(project))
+    db.execute("UPDATE attempts SET ended = started - 100 WHERE task_id = 'a'")
+    db.execute("UPDATE attempts SET ended = 1e999 WHERE task_id = 'b'")
+    db.execute("UPDATE tasks SET files_json = '3' WHERE id = 'c'")
+    db.commit()
+    db.close()
+
+    est = prepare(Plan.model_validate(data), root=project).estimates
+    assert est is not None
+    assert all(0 <= s < 1e6 for s in est.seconds.values()), est.seconds
+    assert est.origin == dict.fromkeys(("a", "b", "c"), "mean")  # nothing usable learned
+
+
+def test_balanced_piles_keep_to_their_effort_on_a_huge_phase() -> None:
+    """`balanced` promises plain LPT when a phase is too big to improve: the pairs it
+    compares stay within `effort`, where one pass over two piles of 1,000 tasks each
+    compared a million (20,000 tasks in two piles took 20 s)."""
+    from guildrun._schedule import balanced
+
+    weights = [1.0 + (k * 7919 % 1000) / 997 for k in range(2000)]
+    calls = 0
+
+    def weight(t: int) -> float:
+        nonlocal calls
+        calls += 1
+        return weights[t]
+
+    piles = balanced(range(2000), 2, weight, effort=200_000)
+
+    assert sorted(t for p in piles for t in p) == list(range(2000))
+    loads = [sum(weights[t] for t in p) for p in piles]
+    assert abs(loads[0] - loads[1]) <= max(weights)  # LPT's bound still holds
+    assert calls <= 200_000 + 20 * len(weights), calls
+
+
+class _StopAfter(FakeExecutor):
+    """Stops the run (as Ctrl-C does) the moment one task's attempt has returned: its
+    end is already on its way to the engine."""
+
+    def __init__(self, script: Mapping[str, Sequence[Act]], task: str) -> None:
+        super().__init__(script)
+        self.task = task
+        self.engine: Engine | None = None
+
+    async def run(self, job: Job) -> Outcome:
+        outcome = await super().run(job)
+        if job.context.task_id == self.task and self.engine is not None:
+            asyncio.get_running_loop().call_soon(self.engine.stop)
+        return outcome
+
+
+def test_a_task_that_ended_as_the_run_is_stopped_keeps_its_work(project: Path) -> None:
+    """A task's end that arrived with the stop is judged as done, not undone and
+    marked interrupted: its work is kept, and a resume does not run it again."""
+    data = {
+        "settings": {"per_agent_type": 2, "sample_interval": 0},
+        "specialists": {"s": {"run": ["never-run"]}},
+        "tasks": [
+            {"id": "quick", "specialist": "s", "files": ["quick.txt"]},
+            {"id": "slow", "specialist": "s", "files": ["slow.txt"]},
+        ],
+    }
+    ex = _StopAfter(
+        {
+            "quick": [Act(1.0, writes={"quick.txt": b"done\n"})],
+            "slow": [Act(9.0, writes={"slow.txt": b"late\n"})],
+        },
+        "quick",
+    )
+    prepared = prepare(Plan.model_validate(data), root=project)
+    clock = VirtualClock()
+
+    def keep(engine: Engine) -> None:
+        ex.engine = engine
+
+    try:
+        summary = clock.run(
+            run_prepared(prepared, handle_signals=False, executor=ex, clock=clock, on_engine=keep)
+        )
+    finally:
+        clock.close()
+
+    assert summary.status == "interrupted"
+    assert attempts(project, "quick") == [(1, "ok")]
+    assert (project / "quick.txt").read_text() == "done\n"
+    assert attempts(project, "slow") == [(1, Ending.INTERRUPTED.value)]
+    assert not (project / "slow.txt").exists()
+
+
+def test_a_project_path_with_uri_characters_keeps_its_journal_readable(tmp_path: Path) -> None:
+    """SQLite reads a `file:` URI: a '#', '?' or '%' in the project's path cut it short
+    or changed it, so `guildrun status` failed ("no such table") and no estimate was
+    ever learned there."""
+    from guildrun._journal import Journal
+
+    project = tmp_path / "p#1?x=%41"
+    project.mkdir()
+    data = {
+        "settings": {"per_agent_type": 1, "sample_interval": 0},
+        "specialists": {"w": {"run": ["never-run"]}},
+        "tasks": [{"id": t, "specialist": "w", "prompt": t} for t in ("a", "b")],
+    }
+    est = _learned(project, data, {"a": [Act(4.0)], "b": [Act(1.0)]})
+    assert est.seconds == pytest.approx({"a": 4.0, "b": 1.0})
+    journal = Journal(journal_path(project), readonly=True)
+    try:
+        assert len(journal.runs(limit=10)) == 1
+    finally:
+        journal.close()

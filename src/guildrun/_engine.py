@@ -391,13 +391,18 @@ class Engine:
                 # `stop` wakes this wait with a message of its own: one await per step,
                 # where waiting on the inbox and the stop event made a task and a waiter.
                 first = await self._inbox.get()
-                if self._stop.is_set():
-                    status = "interrupted"
-                    break
                 # Group commit: every message that has arrived by now goes into one transaction.
                 messages = [first]
                 while not self._inbox.empty():
                     messages.append(self._inbox.get_nowait())
+                if self._stop.is_set():
+                    # An attempt that ended before the stop is judged as ever (its work
+                    # kept, not undone as interrupted); nothing new starts (`_step`).
+                    ends = [m for m in messages if m[0] == "end"]
+                    if ends:
+                        self._step(ends)
+                    status = "interrupted"
+                    break
                 self._step(messages)
                 if self._halt:
                     break
@@ -452,11 +457,12 @@ class Engine:
             if not self._budget_stop and self._over_budget():
                 self._stop_for_budget()
             with self.timings("dispatch"):
+                stopping = self._stop.is_set()
                 for tid in woken:
-                    if tid and not self._halt:
+                    if tid and not self._halt and not stopping:
                         decisions += self.scheduler.wake(tid)
                 # The guard holds the run to one task at a time: it never stalls it.
-                if not self._halt and not self._budget_stop:
+                if not self._halt and not self._budget_stop and not stopping:
                     decisions += self.scheduler.dispatch(limit=1 if self._held else None)
             jobs = self._apply(decisions)
             if self._may_hold(ended, check):
@@ -604,6 +610,8 @@ class Engine:
             o.status, o.error = Ending.VIOLATION, f"ownership violation: wrote {shown}"
         elif conflict and o.status is Ending.DONE:
             o.status, o.error = Ending.CONFLICT, conflict
+        if o.error:
+            o.error = _printable(o.error)
         self.journal.attempt_ended(
             rid,
             tid,
@@ -1153,6 +1161,7 @@ async def run_prepared(
 
 
 _settled = 0  # runs (in this process) inside `_settled_heap`
+_host_froze = False  # the process had frozen objects of its own: gc is left alone
 
 
 @contextlib.contextmanager
@@ -1161,20 +1170,24 @@ def _settled_heap() -> Iterator[None]:
     state) is kept out of the garbage collector's full passes (`gc.freeze`): they walk
     every object that ever survived, and with 10,000 tasks each took 60-230 ms, three or
     four times a run. Objects made later are collected as ever; the frozen ones go back
-    to the collector when the last run of the process ends."""
-    global _settled
+    to the collector when the last run of the process ends. A program that froze its
+    own heap (a pre-fork server) is left as it is: `gc.unfreeze` would give back its
+    objects too."""
+    global _settled, _host_froze
+    if _settled == 0:
+        _host_froze = gc.get_freeze_count() > 0
     _settled += 1
     _settle()
     try:
         yield
     finally:
         _settled -= 1
-        if _settled == 0:
+        if _settled == 0 and not _host_froze:
             gc.unfreeze()
 
 
 def _settle() -> None:
-    if _settled:
+    if _settled and not _host_froze:
         gc.freeze()
 
 
@@ -1194,6 +1207,13 @@ def run_sync(main: Coroutine[Any, Any, _T]) -> _T:
 
     asyncio.run(boxed())
     return out[0]
+
+
+def _printable(text: str) -> str:
+    """A message naming paths as they came from the file system: a name that is not
+    UTF-8 (its bytes kept as surrogates) is shown with those bytes escaped, since
+    neither SQLite nor a UTF-8 terminal can take a lone surrogate."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _tail(output: str, lines: int = 20) -> str:

@@ -8,8 +8,9 @@ the first one measured, with nothing given by hand.
 
 A task's past is looked up from the most specific to the least specific match, each the
 median of the successful attempts found (a median, so that one slow attempt does not
-move it): the same specialist, files and prompt (the same work); the same specialist and
-task id (the same task, reworded); the same specialist and files; any task of the
+move it): the same specialist, files and prompt (the same work; without a prompt, tasks
+of one command told apart by their id are not); the same specialist and task id (the same
+task, reworded); the same specialist and files; any task of the
 specialist. Only the latest `RECENT_RUNS` runs are read (`_journal.durations_by_work`),
 so a long history costs little.
 """
@@ -57,7 +58,10 @@ class Estimates:
 
 def _keys(spec: str, task_id: str, files: Iterable[str], prompt: str | None) -> list[object]:
     owned = json.dumps(sorted(files))
-    return [("work", spec, owned, prompt or ""), ("id", spec, task_id), ("files", spec, owned)]
+    keys: list[object] = [("id", spec, task_id), ("files", spec, owned)]
+    if prompt:  # without one, "the same work" is only the same files: the id says more
+        keys.insert(0, ("work", spec, owned, prompt))
+    return keys
 
 
 def history(journal_file: Path | None) -> dict[object, float]:

@@ -13,6 +13,7 @@ resume treats as work not yet done.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import socket
@@ -221,7 +222,7 @@ class Journal:
         if readonly:
             if not path.exists():
                 raise UsageError(f"no runs yet: {path} does not exist")
-            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            self.db = sqlite3.connect(read_only_uri(path), uri=True, isolation_level=None)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(path, isolation_level=None)
@@ -722,6 +723,12 @@ class Journal:
         )
 
 
+def read_only_uri(path: Path) -> str:
+    """The `file:` URI SQLite opens `path` read-only by: the path percent-encoded, since a
+    '#', '?' or '%' in it (a folder's name) would end or change the path read."""
+    return f"{path.absolute().as_uri()}?mode=ro"
+
+
 @dataclass(frozen=True, slots=True)
 class PastAttempt:
     """A successful attempt of a past run: what estimates are learned from."""
@@ -740,7 +747,7 @@ def durations_by_work(path: Path, recent: int = 30, most: int = 100_000) -> list
     if not path.exists():
         return []
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        db = sqlite3.connect(read_only_uri(path), uri=True)
     except sqlite3.Error:
         return []
     out: list[PastAttempt] = []
@@ -762,9 +769,14 @@ def durations_by_work(path: Path, recent: int = 30, most: int = 100_000) -> list
                 (run_id,),
             )
             for tid, spec, files, d in rows:
-                out.append(
-                    PastAttempt(tid, spec, json.loads(files), prompts.get(tid, ""), float(d))
-                )
+                owned = json.loads(files)
+                # A task can write the journal, a clock can jump back: a length that
+                # cannot be, or files that are not names, teach nothing.
+                if not isinstance(d, float | int) or not 0 <= d < math.inf:
+                    continue
+                if not isinstance(owned, list) or not all(isinstance(f, str) for f in owned):
+                    continue
+                out.append(PastAttempt(tid, spec, owned, prompts.get(tid, ""), float(d)))
     except (sqlite3.Error, ValueError):
         return []
     finally:

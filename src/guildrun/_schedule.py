@@ -248,6 +248,8 @@ def balanced(
         hi = max(range(piles), key=lambda j: load[j])
         lo = min(range(piles), key=lambda j: load[j])
         gap = load[hi] - load[lo]
+        if len(out[hi]) * (len(out[lo]) + 1) > budget:
+            break  # a pass this big is not affordable any more: keep what we have
         best: tuple[float, int, int] | None = None  # (new gap, index in hi, index in lo or -1)
         for a, ta in enumerate(out[hi]):
             wa = weight(ta)

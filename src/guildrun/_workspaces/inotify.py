@@ -41,7 +41,10 @@ IN_DONT_FOLLOW = 0x02000000
 IN_ISDIR = 0x40000000
 
 # Every kind of write; reads (open, access, close without writing) change nothing.
-# IN_ATTRIB: a chmod, and a new hard link (the link count of the file it names changes).
+# IN_ATTRIB: a chmod. A new hard link is its IN_CREATE (the link count of the file it
+# names changes unseen: a watch on a folder hears of its entries, not of their inodes;
+# `SharedTree._other_names` finds the other names), and a link made outside the root
+# and written there is a write outside the root (docs/security.md).
 # A link is never followed, and only a folder is watched (a file swapped in is not).
 MASK = (
     IN_MODIFY
@@ -111,7 +114,9 @@ class Tree:
         self.lost = False  # the queue overflowed: events were dropped
         self.blind = False  # a folder could not be watched: its changes go unseen
         self._paths: dict[int, bytes] = {}  # watch -> folder (absolute, bytes)
-        self._moving: dict[int, bytes] = {}  # cookie -> folder moved away, not yet seen back
+        # cookie -> folder moved away, not yet seen back, and its watches (those at and
+        # below it then: a folder made at its old name meanwhile is not one of them)
+        self._moving: dict[int, tuple[bytes, list[int]]] = {}
         lib = _lib()
         self.fd = lib.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if self.fd < 0:
@@ -164,12 +169,15 @@ class Tree:
         (a folder already watched keeps its watch)."""
         self._watch_tree(os.fsencode(self.root))
 
-    def _forget_under(self, folder: bytes) -> None:
-        """A folder left the tree: drop the watches at and below it."""
+    def _under(self, folder: bytes) -> list[int]:
+        """The watches at and below a folder."""
         below = folder + b"/"
-        for wd, path in list(self._paths.items()):
-            if path == folder or path.startswith(below):
-                del self._paths[wd]
+        return [wd for wd, p in self._paths.items() if p == folder or p.startswith(below)]
+
+    def _forget(self, wds: list[int]) -> None:
+        """A folder left the tree: drop its watches (see `_under`)."""
+        for wd in wds:
+            if self._paths.pop(wd, None) is not None:
                 _lib().inotify_rm_watch(self.fd, wd)
 
     def _moved(self, old: bytes, new: bytes) -> None:
@@ -193,8 +201,8 @@ class Tree:
             except InterruptedError:
                 continue
             self._parse(data)
-        for old in self._moving.values():  # moved out of the tree: not ours to watch
-            self._forget_under(old)
+        for _, wds in self._moving.values():  # moved out of the tree: not ours to watch
+            self._forget(wds)
         self._moving.clear()
 
     def _parse(self, data: bytes) -> None:
@@ -221,14 +229,19 @@ class Tree:
                 if mask & (IN_MODIFY | IN_CLOSE_WRITE):
                     continue  # a folder's own "modified": its files speak for themselves
                 if mask & IN_MOVED_FROM:
-                    self._moving[cookie] = path
+                    self._moving[cookie] = (path, self._under(path))
                 elif mask & IN_MOVED_TO:
-                    old = self._moving.pop(cookie, None)
+                    gone = self._moving.pop(cookie, None)
+                    old = gone[0] if gone is not None else None
                     if path in self._skip:  # into a folder never watched
-                        if old is not None:
-                            self._forget_under(old)
+                        if gone is not None:
+                            self._forget(gone[1])
                     elif old is not None:
                         self._moved(old, path)
+                        # A folder made just before its rename (`mkdir tmp; mv tmp out`)
+                        # was gone when its "created" was read, so it has no watch yet;
+                        # nor has a folder made in it then. A watch added again is kept.
+                        self._watch_tree(path)
                     else:  # from outside the tree
                         self._watch_tree(path)
                 elif mask & IN_CREATE:
