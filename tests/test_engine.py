@@ -16,6 +16,7 @@ import pytest
 
 import guildrun
 from guildrun import Plan, Specialist, Task, TaskContext
+from guildrun._policies.retry import RetrySettings
 
 from .conftest import Runner, write_plan
 
@@ -396,6 +397,70 @@ def test_python_api_sync_async_and_callables(project: Path) -> None:
 
     summary2 = asyncio.run(guildrun.run_async(plan, root=project, per_agent_type=1))
     assert summary2.ok and summary2.run_id != summary.run_id
+
+
+def test_python_callables_time_out_and_their_logs_are_journaled(project: Path) -> None:
+    """An async callable past its timeout is cancelled, a sync one is given up on (its
+    thread cannot be stopped); a callable that does not stop at its deadline's
+    cancellation still ends as timed out. The journal names each attempt's log files as
+    the paths the job was given (unsafe ids and later attempts included)."""
+    import asyncio
+
+    cancelled: list[str] = []
+
+    async def slow(ctx: TaskContext) -> str:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.append(ctx.task_id)
+            raise
+        return "never"
+
+    def blocking(ctx: TaskContext) -> None:
+        time.sleep(0.6)
+
+    async def flaky(ctx: TaskContext) -> str:
+        if ctx.attempt == 1:
+            raise RuntimeError("first try fails")
+        return "ok"
+
+    plan = Plan(
+        specialists={
+            "slow": Specialist(func=slow),
+            "blocking": Specialist(func=blocking),
+            "flaky": Specialist(func=flaky),
+        },
+        tasks=[
+            Task(id="a/sync", specialist="slow", timeout=0.2),
+            Task(id="b", specialist="blocking", timeout=0.2),
+            Task(
+                id="c",
+                specialist="flaky",
+                timeout=5,
+                retry=RetrySettings(attempts=2, base=0, jitter=0),
+            ),
+        ],
+    )
+    summary = guildrun.run(plan, root=project)
+    by_id = {t.id: t for t in summary.tasks}
+    assert (by_id["a/sync"].state, by_id["a/sync"].cause) == ("failed", "timed out after 0.2s")
+    assert (by_id["b"].state, by_id["b"].cause) == ("failed", "timed out after 0.2s")
+    assert by_id["c"].state == "done"
+    assert cancelled == ["a/sync"]
+    logs = project / ".guildrun" / "runs" / summary.run_id / "logs"
+    with db(project) as conn:
+        rows = conn.execute(
+            "SELECT task_id, attempt, stdout_path, stderr_path FROM attempts"
+            " WHERE run_id=? ORDER BY task_id, attempt",
+            (summary.run_id,),
+        ).fetchall()
+    names = {(t, n): (Path(o), Path(e)) for t, n, o, e in rows}
+    assert names[("c", 2)] == (logs / "c.2.out", logs / "c.2.err")
+    assert names[("c", 1)] == (logs / "c.out", logs / "c.err")
+    out, err = names[("a/sync", 1)]
+    assert out.parent == logs and out.name.startswith("a_sync-") and out.suffix == ".out"
+    assert err == out.with_suffix(".err")
+    assert (logs / "c.err").read_text().count("first try fails") >= 1
 
 
 def test_python_specialist_by_module_path(project: Path) -> None:

@@ -819,8 +819,7 @@ class Engine:
                     d.instance,
                     d.stolen_from,
                     d.time,
-                    str(job.stdout_path),
-                    str(job.stderr_path),
+                    *self.jobs.log_files(d.task, attempt),
                 )
                 files = self.plan.by_id[d.task].files
                 if files or not isinstance(self.workspace, SharedTree):

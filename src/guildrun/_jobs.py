@@ -44,10 +44,26 @@ class Jobs:
         self.log_dir = run_dir / "logs"
         self.result_dir = run_dir / "results"
         self.results: dict[str, str] = dict(results)
+        self._log_s = str(self.log_dir)
+        self._names: dict[str, str] = {}  # safe_name per task: a regex, asked twice a start
+
+    def log_files(self, task: str, attempt: int) -> tuple[str, str]:
+        """The attempt's stdout and stderr log paths as the journal stores them: the same
+        text as `str(job.stdout_path)`, made without formatting a Path (~10,000
+        instructions each, where an in-process task's whole bookkeeping is ~300,000)."""
+        stem = self._stem(task, attempt)
+        return f"{self._log_s}/{stem}.out", f"{self._log_s}/{stem}.err"
 
     def instance(self, name: str, specialist: str) -> InstanceSpec:
         spec = self.plan.specialists[specialist]
         return InstanceSpec(name, specialist, dict(spec.env), dict(spec.resources))
+
+    def _stem(self, task_id: str, attempt: int) -> str:
+        """An attempt's file name without suffix: one path component (no "/", never ".")."""
+        name = self._names.get(task_id)
+        if name is None:
+            name = self._names[task_id] = safe_name(task_id)
+        return f"{name}.{attempt}" if attempt > 1 else name
 
     def make(
         self,
@@ -58,8 +74,7 @@ class Jobs:
         resume_session: str | None = None,
     ) -> Job:
         spec = self.plan.by_id[task]
-        name = safe_name(spec.id)
-        stem = f"{name}.{attempt}" if attempt > 1 else name
+        stem = self._stem(spec.id, attempt)
         stdout_path = self.log_dir / f"{stem}.out"
         specialist = self.plan.specialists[spec.specialist]
         lookup: tpl.Lookup = _no_placeholders

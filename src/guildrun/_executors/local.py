@@ -458,7 +458,10 @@ class LocalExecutor(Executor):
         else:
             call = asyncio.to_thread(func, job.context)
         try:
-            value = await asyncio.wait_for(call, timeout=job.timeout)
+            # A deadline on this task, not `wait_for`: that wraps the call in a task of
+            # its own (with a future and callbacks), a second asyncio task per attempt.
+            async with asyncio.timeout(job.timeout):
+                value = await call
         except TimeoutError:
             return Outcome(
                 Ending.TIMED_OUT, started, clock.now(), error=f"timed out after {job.timeout:g}s"
