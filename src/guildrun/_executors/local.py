@@ -320,6 +320,7 @@ class LocalExecutor(Executor):
             if not isinstance(exc, OSError | ValueError | _spawner.Lost):  # ValueError: NUL
                 raise
             if isinstance(exc, _spawner.Lost):
+                self._sweep_lost(job)
                 msg = f"cannot start {job.argv[0]!r}: the process spawner died ({exc})"
             else:
                 msg = f"cannot start {job.argv[0]!r}: {getattr(exc, 'strerror', None) or exc}"
@@ -533,6 +534,8 @@ class LocalExecutor(Executor):
                 for fd in ends:
                     os.close(fd)
         except (OSError, ValueError, _spawner.Lost) as exc:
+            if isinstance(exc, _spawner.Lost):
+                self._sweep_lost(job)
             for log in logs:
                 log.close()
             msg = f"cannot start {spec.agent}: {getattr(exc, 'strerror', None) or exc}"
@@ -605,6 +608,13 @@ class LocalExecutor(Executor):
             cost_estimated=verdict.cost_estimated,
             session_id=verdict.session_id or session,
         )
+
+    def _sweep_lost(self, job: Job) -> None:
+        """The spawner died between starting a command and saying its pid: it may run,
+        now our orphan with the task's markers. Found and killed now, it cannot run on
+        beside the next attempt (or task) until the run's end."""
+        self._run_id = job.context.run_id
+        _reaper.sweep(job.context.run_id, job.context.task_id, None, self._keep(0))
 
     def _keep(self, leader: int) -> set[int]:
         """Our children a task's sweep must not touch: running leaders, the spawner."""
