@@ -325,7 +325,8 @@ class LocalExecutor(Executor):
             else:
                 msg = f"cannot start {job.argv[0]!r}: {getattr(exc, 'strerror', None) or exc}"
             job.stderr_path.write_text(msg + "\n")
-            return Outcome(Ending.ERROR, started, clock.now(), error=msg)
+            lost = isinstance(exc, _spawner.Lost)  # not the task's fault: retry_lost
+            return Outcome(Ending.ERROR, started, clock.now(), error=msg, lost=lost)
         pid, exited, reap = launched
         secrets = self.redactor
         sinks = (
@@ -541,7 +542,8 @@ class LocalExecutor(Executor):
             msg = f"cannot start {spec.agent}: {getattr(exc, 'strerror', None) or exc}"
             with contextlib.suppress(OSError):
                 job.stderr_path.write_text(msg + "\n")
-            return Outcome(Ending.ERROR, started, clock.now(), error=msg)
+            lost = isinstance(exc, _spawner.Lost)  # not the task's fault: retry_lost
+            return Outcome(Ending.ERROR, started, clock.now(), error=msg, lost=lost)
         task = ctx.task_id
         self._groups[task] = pid
         if self.on_spawn is not None:
