@@ -67,6 +67,9 @@ def tasks_plan(n: int, specialist: str = "interface", **extra: Any) -> dict[str,
     }
 
 
+NODE_SECRET = ("GUILDRUN_TEST_NODE_API_KEY", "node-only-secret-7f3a9c")
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Any:
     """One 2-node Ray cluster on loopback per test worker, with token auth, joined by
@@ -81,7 +84,13 @@ def ray_cluster() -> Any:
 
     # A short folder: Ray's Unix sockets live under it, and their paths have a limit.
     tmp = Path(tempfile.mkdtemp(prefix="gr-ray-", dir="/tmp"))
-    cluster = LoopbackCluster(nodes=2, num_cpus=1, tmp=tmp)
+    # A secret only the nodes have (a worker's own API key), not the drivers the tests
+    # start: what a task prints of it must be masked all the same.
+    os.environ[NODE_SECRET[0]] = NODE_SECRET[1]
+    try:
+        cluster = LoopbackCluster(nodes=2, num_cpus=1, tmp=tmp)
+    finally:
+        del os.environ[NODE_SECRET[0]]
     try:
         ray.init(
             address=cluster.address,

@@ -24,7 +24,7 @@ import pytest
 from guildrun._engine import run_async
 from guildrun._journal import journal_path
 
-from .conftest import Runner, write_plan
+from .conftest import NODE_SECRET, Runner, write_plan
 from .worktree_helpers import make_repo, sh_git, show
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -605,3 +605,40 @@ def test_the_cluster_talks_on_loopback_only(ray_cluster: Any, tmp_path: Path) ->
     processes = ray_cluster.processes()
     assert len(processes) >= 4  # GCS, raylets, workers: the listing sees the cluster
     assert ray_cluster.outward_sockets() == []
+
+
+def test_a_secret_only_the_node_has_is_masked_in_what_the_task_printed(
+    ray_cluster: Any, tmp_path: Path, guildrun: Runner
+) -> None:
+    name, value = NODE_SECRET
+    assert name not in os.environ  # the driver below does not know it
+    repo = make_repo(tmp_path, {"a.txt": "a\n"})
+    write_plan(
+        repo,
+        {
+            "settings": {"sample_interval": 0},
+            "specialists": {
+                "w": {"run": f'echo "out ${name}"; echo "err ${name}" >&2; exit 3', "shell": True}
+            },
+            "tasks": [{"id": "t1", "specialist": "w", "files": ["a.txt"]}],
+        },
+    )
+    sh_git(repo, "add", "plan.yaml")
+    sh_git(repo, "commit", "-q", "-m", "plan")
+    got = guildrun(
+        "run",
+        "plan.yaml",
+        "--backend",
+        "ray",
+        "--address",
+        ray_cluster.address,
+        "--json",
+        cwd=repo,
+        env=_env(ray_cluster),
+    )
+    assert got.returncode == 1, got.stderr
+    logs = repo / ".guildrun" / "runs" / json.loads(got.stdout)["run_id"] / "logs"
+    printed = (logs / "t1.out").read_text() + (logs / "t1.err").read_text()
+    assert "out ***" in printed and "err ***" in printed  # the task ran where it is set
+    shown = [got.stdout, got.stderr, printed, journal_path(repo).read_bytes().decode("latin-1")]
+    assert not [text for text in shown if value in text]

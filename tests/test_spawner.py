@@ -320,3 +320,75 @@ def test_agent_clis_start_through_the_spawner_too(project: Path, tmp_path: Path)
     summary = guildrun.run(plan, root=project)
     assert [t.attempts for t in summary.tasks] == [1]
     assert "import _spawnd" in seen.read_text()
+
+
+def _dying_spawner(tmp_path: Path, wait_for: Path | None = None) -> Path:
+    """A real spawner that dies right after it started a command, before saying its pid:
+    the one moment where the engine cannot know whether the command runs. With
+    `wait_for`, it dies once that file exists (the command got that far), or in 10 s."""
+    program = tmp_path / "dying_spawnd.py"
+    program.write_text(
+        "import os, sys, time\n"
+        f"sys.path.append({str(_spawner.PROGRAM.parent)!r})\n"
+        "import _spawnd\n"
+        "_send = _spawnd._Spawner.send\n"
+        "def send(self, msg):\n"
+        "    if msg[0] == 'pid':\n"
+        f"        wait_for, end = {str(wait_for or '')!r}, time.monotonic() + 10\n"
+        "        while wait_for and not os.path.exists(wait_for) and time.monotonic() < end:\n"
+        "            time.sleep(0.01)\n"
+        "        os._exit(9)\n"
+        "    _send(self, msg)\n"
+        "_spawnd._Spawner.send = send\n"
+        "main = _spawnd.main\n"
+    )
+    return program
+
+
+@pytest.mark.slow
+def test_a_command_the_dying_spawner_may_have_started_does_not_outlive_its_task(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lost mid-start, the task's attempt ends: whatever it started must end with it,
+    not keep running (beside the next task, or its own retry) until the run ends."""
+    pidfile = tmp_path / "a.pid"
+    monkeypatch.setattr(_spawner, "PROGRAM", _dying_spawner(tmp_path, pidfile))
+    monkeypatch.setattr(local, "_said", False)
+    plan = guildrun.Plan.model_validate(
+        {
+            "specialists": {"sh": {"run": ["sh", "-c", "{prompt}"]}},
+            "tasks": [
+                {
+                    "id": "a",
+                    "specialist": "sh",
+                    # Its retry (by Popen) ends at once; the lost start would sleep on.
+                    "prompt": f"[ -e {pidfile} ] && exit 0; echo $$ > {pidfile}; sleep 20",
+                },
+                {
+                    "id": "b",
+                    "specialist": "sh",
+                    "files": ["b.txt"],
+                    "prompt": f"sleep 1; kill -0 $(cat {pidfile}) && echo alive > b.txt"
+                    " || echo gone > b.txt",
+                },
+            ],
+        }
+    )
+    started = time.monotonic()
+    guildrun.run(plan, root=project, total_parallel=1)  # a, then b
+    assert pidfile.exists(), "the dying spawner did not start the command"
+    assert (project / "b.txt").read_text().strip() == "gone"
+    assert time.monotonic() - started < 15
+
+
+def test_a_start_lost_with_the_spawner_is_retried_not_failed(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spawner's death is not the task's fault: its attempt runs again (by Popen)."""
+    monkeypatch.setattr(_spawner, "PROGRAM", _dying_spawner(tmp_path))
+    monkeypatch.setattr(local, "_said", False)
+    plan = _plan({"a": "echo $$ >> a.txt"})
+    summary = guildrun.run(plan, root=project)
+    assert [(t.id, t.state) for t in summary.tasks] == [("a", "done")], summary
+    assert (project / "a.txt").read_text().strip()  # by the retry (the lost start's
+    # own line, if it ran before it was swept, may or may not have been undone)

@@ -31,6 +31,7 @@ from typing import Any
 from .._clock import WallClock
 from .._git import Git
 from .._safeio import read_head
+from .._secrets import run_redactor
 from .base import Ending, InstanceSpec, Job, Outcome
 from .local import RESULT_LIMIT, LocalExecutor
 
@@ -89,6 +90,10 @@ class Worker:
         self.git = Git(self.clone, extra_env=where)
         self.local = LocalExecutor()
         self.local.max_log_bytes = max_log_bytes
+        # The driver masks the secrets it knows; a node's own (its agents' API keys, in
+        # the environment tasks run with here) only this node knows: masked before the
+        # logs and the result leave it.
+        self.local.redactor = run_redactor([])
         self.local.start(WallClock())
         self.local.open_instance(spec)
         self._has_clone = False

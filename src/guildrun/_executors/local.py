@@ -320,11 +320,13 @@ class LocalExecutor(Executor):
             if not isinstance(exc, OSError | ValueError | _spawner.Lost):  # ValueError: NUL
                 raise
             if isinstance(exc, _spawner.Lost):
+                self._sweep_lost(job)
                 msg = f"cannot start {job.argv[0]!r}: the process spawner died ({exc})"
             else:
                 msg = f"cannot start {job.argv[0]!r}: {getattr(exc, 'strerror', None) or exc}"
             job.stderr_path.write_text(msg + "\n")
-            return Outcome(Ending.ERROR, started, clock.now(), error=msg)
+            lost = isinstance(exc, _spawner.Lost)  # not the task's fault: retry_lost
+            return Outcome(Ending.ERROR, started, clock.now(), error=msg, lost=lost)
         pid, exited, reap = launched
         secrets = self.redactor
         sinks = (
@@ -536,12 +538,15 @@ class LocalExecutor(Executor):
                 for fd in ends:
                     os.close(fd)
         except (OSError, ValueError, _spawner.Lost) as exc:
+            if isinstance(exc, _spawner.Lost):
+                self._sweep_lost(job)
             for log in logs:
                 log.close()
             msg = f"cannot start {spec.agent}: {getattr(exc, 'strerror', None) or exc}"
             with contextlib.suppress(OSError):
                 job.stderr_path.write_text(msg + "\n")
-            return Outcome(Ending.ERROR, started, clock.now(), error=msg)
+            lost = isinstance(exc, _spawner.Lost)  # not the task's fault: retry_lost
+            return Outcome(Ending.ERROR, started, clock.now(), error=msg, lost=lost)
         task = ctx.task_id
         self._groups[task] = pid
         if self.on_spawn is not None:
@@ -608,6 +613,13 @@ class LocalExecutor(Executor):
             cost_estimated=verdict.cost_estimated,
             session_id=verdict.session_id or session,
         )
+
+    def _sweep_lost(self, job: Job) -> None:
+        """The spawner died between starting a command and saying its pid: it may run,
+        now our orphan with the task's markers. Found and killed now, it cannot run on
+        beside the next attempt (or task) until the run's end."""
+        self._run_id = job.context.run_id
+        _reaper.sweep(job.context.run_id, job.context.task_id, None, self._keep(0))
 
     def _keep(self, leader: int) -> set[int]:
         """Our children a task's sweep must not touch: running leaders, the spawner."""
