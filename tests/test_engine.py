@@ -95,6 +95,7 @@ def test_limits_are_never_exceeded(guildrun: Runner, project: Path) -> None:
     assert summary["parallelism"] > 2.5  # 24 x 0.3 s of work on 5 slots
 
 
+@pytest.mark.slow
 def test_same_file_and_same_lock_never_overlap(guildrun: Runner, project: Path) -> None:
     argv = recorder(project)
     tasks = [
@@ -121,6 +122,7 @@ def test_same_file_and_same_lock_never_overlap(guildrun: Runner, project: Path) 
     assert rec["b"]["start"] < rec["a"]["end"]  # unrelated work overlaps
 
 
+@pytest.mark.slow
 def test_phases_are_integration_boundaries(guildrun: Runner, project: Path) -> None:
     argv = recorder(project)
     phases = ["validation", "implementation", "research", "planning"] * 2

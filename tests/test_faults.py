@@ -97,6 +97,7 @@ def test_backoff_is_arithmetic() -> None:
     assert not policy.should_retry(1, "failed", 2)
 
 
+@pytest.mark.slow
 def test_retries_then_succeeds_and_every_attempt_is_journaled(
     guildrun: Runner, project: Path
 ) -> None:
@@ -235,6 +236,7 @@ def test_no_grandchild_outlives_a_task(project: Path) -> None:
 # ------------------------------------------------------------------ isolation
 
 
+@pytest.mark.slow
 def test_scope_isolation_and_fail_fast(guildrun: Runner, project: Path) -> None:
     tasks = [
         {"id": "auth-1", "scope": "auth", "prompt": "exit=1"},
@@ -427,6 +429,7 @@ def test_failed_task_is_rolled_back_and_user_edits_survive(project: Path) -> Non
     assert (project / "notes.txt").read_text() == "the user's own work in progress\n"
 
 
+@pytest.mark.slow
 def test_rollback_command_undoes_finished_work_in_order(guildrun: Runner, project: Path) -> None:
     (project / "a.txt").write_text("A0\n")
     write_plan(

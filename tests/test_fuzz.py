@@ -202,6 +202,7 @@ def fuzz(tmp_path: Path, seed: int, count: int) -> dict[str, int]:
     return seen
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_fuzzed_plans_are_valid_or_refused_in_one_line_each(tmp_path: Path) -> None:
     seen = fuzz(tmp_path, seed=20261129, count=1200)

@@ -119,6 +119,7 @@ def test_task_resources_are_sampled(project: Path) -> None:
     assert samples[0] >= 3 and samples[1] == 1 and samples[2] > 0
 
 
+@pytest.mark.slow
 def test_resource_guard_holds_back_starts_but_never_stalls(project: Path) -> None:
     plan = guildrun.Plan.model_validate(
         {
@@ -272,6 +273,7 @@ def test_plan_simulate_and_auto(guildrun: Runner, project: Path) -> None:
     assert json.loads(proc.stdout)["settings"]["strategy"] == "work-stealing"
 
 
+@pytest.mark.slow
 def test_adaptive_limits_follow_the_seed_table(guildrun: Runner, project: Path) -> None:
     expected = {3: ("simple", 2), 14: ("medium", 7), 60: ("large", 20), 150: ("enterprise", 20)}
     for n, (klass, total) in expected.items():

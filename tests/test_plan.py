@@ -226,6 +226,7 @@ def test_schema_is_published_and_describes_tasks(guildrun: Runner, project: Path
     assert "func" not in schema["$defs"]["Specialist"]["properties"]
 
 
+@pytest.mark.slow
 def test_settings_precedence(guildrun: Runner, project: Path) -> None:
     """flag > environment > plan > project config > default."""
     (project / "plan.yaml").write_text(

@@ -114,6 +114,7 @@ def test_rerun_refusals(project: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "has no failed or skipped task" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_run_points_to_rerun(project: Path, guildrun: Runner) -> None:
     for tid in "abf":
         (project / f"ok-{tid}").touch()

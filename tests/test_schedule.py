@@ -9,6 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -281,6 +282,7 @@ def check_run(
             assert s2 >= e1
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None)
 @given(
     random_plans(), st.sampled_from(["work-stealing", "round-robin", "longest-first"]), st.data()

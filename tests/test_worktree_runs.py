@@ -120,6 +120,7 @@ def test_instances_editing_different_files_end_to_end_and_nothing_left(
     assert not (repo / ".guildrun" / "worktrees" / summary["run_id"]).exists()
 
 
+@pytest.mark.slow
 def test_two_tasks_editing_different_functions_of_one_file_are_merged(
     guildrun: Runner, tmp_path: Path
 ) -> None:
@@ -146,6 +147,7 @@ def test_two_tasks_editing_different_functions_of_one_file_are_merged(
     assert leftovers(repo)[0] == []  # worktrees gone, the result branch kept
 
 
+@pytest.mark.slow
 def test_a_dependent_task_sees_its_dependencys_change(guildrun: Runner, tmp_path: Path) -> None:
     repo, plan = setup(
         tmp_path,
@@ -166,6 +168,7 @@ def test_a_dependent_task_sees_its_dependencys_change(guildrun: Runner, tmp_path
     assert (repo / "api.py").read_text() == "def api(): ...\n"
 
 
+@pytest.mark.slow
 def test_a_dirty_tree_is_refused_and_allowed_on_a_snapshot(
     guildrun: Runner, tmp_path: Path
 ) -> None:
@@ -397,6 +400,7 @@ def test_gates_are_checked_before_anything_runs(guildrun: Runner, tmp_path: Path
     assert not (repo / ".guildrun" / "worktrees").exists()
 
 
+@pytest.mark.slow
 def test_a_stray_write_is_blamed_on_its_task_alone_and_clean_removes_a_failed_run(
     guildrun: Runner, tmp_path: Path
 ) -> None:
