@@ -432,15 +432,7 @@ class Engine:
                 self._journal_guard(check, [tid for tid, _, _ in ended])
         with self.timings("journal"), self.journal.transaction() as committed:
             self._write_pgids()
-            for paths, suspects in _by_suspects(check.stray):
-                self.journal.event(
-                    self.run_id,
-                    Event(
-                        EventKind.STRAY_CHANGES_UNDONE,
-                        self.clock.now(),
-                        data={"paths": paths, "running": suspects},
-                    ),
-                )
+            self._journal_stray(check.stray)
             decisions: list[Decision] = []
             for tid, attempt, outcome in ended:
                 if tid in check.unsafe and outcome.ok:  # a FIFO, a device, a link out
@@ -578,16 +570,21 @@ class Engine:
             stray = {}
         if stray:
             with self.journal.transaction() as committed:
-                for paths, suspects in _by_suspects(stray):
-                    self.journal.event(
-                        self.run_id,
-                        Event(
-                            EventKind.STRAY_CHANGES_UNDONE,
-                            self.clock.now(),
-                            data={"paths": paths, "running": suspects},
-                        ),
-                    )
+                self._journal_stray(stray)
             self.reporter.events(committed)
+
+    def _journal_stray(self, stray: Mapping[str, list[str]]) -> None:
+        """Undone changes nobody can be blamed for, one event per group of suspects
+        (inside the caller's transaction)."""
+        for paths, suspects in _by_suspects(stray):
+            self.journal.event(
+                self.run_id,
+                Event(
+                    EventKind.STRAY_CHANGES_UNDONE,
+                    self.clock.now(),
+                    data={"paths": paths, "running": suspects},
+                ),
+            )
 
     # ------------------------------------------------------------ outcomes
 

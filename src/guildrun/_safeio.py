@@ -43,12 +43,8 @@ def kind(mode: int) -> str:
     return "not a regular file"
 
 
-def read_regular(path: str | Path, limit: int = MAX_FILE) -> bytes:
-    """The content of a regular file, never following a link at its last component.
-
-    Raises FileNotFoundError (and other OSErrors) as open does, `NotARegularFile` for
-    anything else, and `TooLarge` when it holds more than `limit` bytes.
-    """
+def _open_regular(path: str | Path) -> tuple[int, os.stat_result]:
+    """An open descriptor of a regular file and its stat; never a link, FIFO or device."""
     try:
         fd = os.open(path, _FLAGS)
     except OSError as exc:
@@ -59,6 +55,20 @@ def read_regular(path: str | Path, limit: int = MAX_FILE) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise NotARegularFile(f"{path} is {kind(st.st_mode)}, not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def read_regular(path: str | Path, limit: int = MAX_FILE) -> bytes:
+    """The content of a regular file, never following a link at its last component.
+
+    Raises FileNotFoundError (and other OSErrors) as open does, `NotARegularFile` for
+    anything else, and `TooLarge` when it holds more than `limit` bytes.
+    """
+    fd, st = _open_regular(path)
+    try:
         if st.st_size > limit:
             raise TooLarge(f"{path} holds {st.st_size} bytes, more than guildrun reads ({limit})")
         parts: list[bytes] = []
@@ -78,16 +88,8 @@ def read_regular(path: str | Path, limit: int = MAX_FILE) -> bytes:
 
 def read_head(path: str | Path, limit: int) -> bytes:
     """At most `limit` bytes from the start of a regular file (a result, cut)."""
+    fd, _ = _open_regular(path)
     try:
-        fd = os.open(path, _FLAGS)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise NotARegularFile(f"{path} is a symbolic link") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise NotARegularFile(f"{path} is {kind(st.st_mode)}, not a regular file")
         parts: list[bytes] = []
         got = 0
         while got < limit:
