@@ -148,8 +148,8 @@ class Worker:
         outcome.pgid = None  # a process group on another node means nothing to the driver
         return Reply(
             outcome,
-            stdout=_read(local.stdout_path),
-            stderr=_read(local.stderr_path),
+            stdout=_read(local.stdout_path, self.local.max_log_bytes),
+            stderr=_read(local.stderr_path, self.local.max_log_bytes),
             result=result,
             patch=patch,
             commit=commit,
@@ -243,9 +243,12 @@ class Worker:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _read(path: Path) -> bytes:
+def _read(path: Path, cap: int) -> bytes:
+    """A log the local executor wrote (capped), read as a file a task may have swapped
+    for a FIFO, a link or something huge: regular files only, never past the cap (plus
+    room for the line saying what was cut)."""
     try:
-        return path.read_bytes()
+        return read_head(path, cap + (64 << 10))
     except OSError:
         return b""
 
